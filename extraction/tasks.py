@@ -1,0 +1,47 @@
+"""Celery tasks: the Django edge of the pipeline. They take ids, call a service, and are safe to repeat.
+
+`acks_late` + `reject_on_worker_lost` (settings) put a job back on the queue if its worker dies; the
+service's conditional claim makes the redelivery take over instead of running a second extraction.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, acks_late=True, name="extraction.tasks.extract_document")
+def extract_document(self, document_id: int) -> str:
+    from reviewapp import services
+    from reviewapp.models import Document
+
+    token = self.request.id or f"inline-{document_id}"
+    try:
+        outcome = services.extraction_execute(document_id=document_id, token=token)
+    except SoftTimeLimitExceeded:
+        Document.objects.filter(pk=document_id, status=Document.Status.EXTRACTING, claim_token=token).update(
+            status=Document.Status.FAILED, status_reason="timeout: extraction took longer than the time limit"
+        )
+        return "failed"
+    except Exception as exc:
+        # A bug or an outage we did not foresee: the document must not stay 'extracting' forever.
+        log.exception("extraction of document %s crashed", document_id)
+        Document.objects.filter(pk=document_id, status=Document.Status.EXTRACTING, claim_token=token).update(
+            status=Document.Status.FAILED, status_reason=f"internal_error: {type(exc).__name__}: {exc}"[:4000]
+        )
+        raise
+    log.info("document %s: %s", document_id, outcome)
+    return outcome
+
+
+@shared_task(name="extraction.tasks.requeue_stuck_documents")
+def requeue_stuck_documents() -> dict[str, int]:
+    from reviewapp import services
+
+    return services.requeue_stuck(older_than=timedelta(seconds=settings.REVIEWAPP_STUCK_AFTER_SECONDS))
