@@ -1,0 +1,172 @@
+"""Reads. Every query that returns documents or fields is scoped to the user's workspaces here, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from .errors import NotFound
+from .models import Document, DocumentType, FieldValue, Membership, Workspace
+
+
+def workspace_ids(user: Any) -> list[int]:
+    """Return the ids of the workspaces `user` belongs to (all of them for a superuser)."""
+    if not getattr(user, "is_authenticated", False):
+        return []
+    if user.is_superuser:
+        return list(Workspace.objects.values_list("id", flat=True))
+    return list(Membership.objects.filter(user=user).values_list("workspace_id", flat=True))
+
+
+def workspaces_for(user: Any) -> QuerySet[Workspace]:
+    return Workspace.objects.filter(id__in=workspace_ids(user)).order_by("name")
+
+
+def is_workspace_admin(user: Any, workspace: Workspace) -> bool:
+    return (
+        bool(user.is_superuser)
+        or Membership.objects.filter(user=user, workspace=workspace, role=Membership.Role.ADMIN).exists()
+    )
+
+
+def documents_for(user: Any) -> QuerySet[Document]:
+    return Document.objects.filter(workspace_id__in=workspace_ids(user)).select_related(
+        "document_type", "workspace"
+    )
+
+
+def document_for(user: Any, pk: Any) -> Document:
+    """Return the document if `user` may see it. Another workspace's document is NotFound, not Forbidden:
+    its existence is not disclosed."""
+    try:
+        return documents_for(user).get(pk=int(pk))
+    except (Document.DoesNotExist, ValueError, TypeError):
+        raise NotFound("No such document.") from None
+
+
+def field_for(user: Any, pk: Any) -> FieldValue:
+    try:
+        return (
+            FieldValue.objects.filter(workspace_id__in=workspace_ids(user))
+            .select_related("field_spec", "document", "document__document_type", "run__prompt_version")
+            .get(pk=int(pk))
+        )
+    except (FieldValue.DoesNotExist, ValueError, TypeError):
+        raise NotFound("No such field.") from None
+
+
+def document_types() -> QuerySet[DocumentType]:
+    return DocumentType.objects.order_by("name")
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    workspace: int | None = None
+    document_type: str | None = None
+    field: str | None = None
+    band: str | None = None  # "low" < 0.5 <= "mid" < 0.8 <= "high"
+    max_age_days: int | None = None
+    sort: str = "confidence"  # confidence | age
+
+    BANDS = {"low": (0.0, 0.5), "mid": (0.5, 0.8), "high": (0.8, 1.01)}
+
+    @classmethod
+    def from_query(cls, params: Any) -> QueueFilters:
+        def _int(name: str) -> int | None:
+            try:
+                return int(params.get(name)) if params.get(name) else None
+            except (TypeError, ValueError):
+                return None
+
+        sort = params.get("sort") if params.get("sort") in ("confidence", "age") else "confidence"
+        band = params.get("band") if params.get("band") in cls.BANDS else None
+        return cls(
+            workspace=_int("workspace"),
+            document_type=params.get("type") or None,
+            field=params.get("field") or None,
+            band=band,
+            max_age_days=_int("age"),
+            sort=sort,
+        )
+
+    def as_query(self) -> dict[str, Any]:
+        q = {
+            "workspace": self.workspace,
+            "type": self.document_type,
+            "field": self.field,
+            "band": self.band,
+            "age": self.max_age_days,
+            "sort": self.sort,
+        }
+        return {k: v for k, v in q.items() if v not in (None, "")}
+
+
+def open_fields(user: Any, filters: QueueFilters | None = None) -> QuerySet[FieldValue]:
+    """Return the fields waiting for review that `user` may see, filtered; unordered."""
+    filters = filters or QueueFilters()
+    ids = workspace_ids(user)
+    if filters.workspace is not None:
+        ids = [i for i in ids if i == filters.workspace]
+    qs = FieldValue.objects.filter(status=FieldValue.Status.NEEDS_REVIEW, workspace_id__in=ids)
+    if filters.document_type:
+        qs = qs.filter(field_spec__document_type__slug=filters.document_type)
+    if filters.field:
+        qs = qs.filter(field_spec__name=filters.field)
+    if filters.band:
+        low, high = QueueFilters.BANDS[filters.band]
+        qs = qs.filter(confidence__gte=low, confidence__lt=high)
+    if filters.max_age_days:
+        qs = qs.filter(created_at__gte=timezone.now() - timedelta(days=filters.max_age_days))
+    return qs
+
+
+def queue_order(filters: QueueFilters) -> list[str]:
+    return ["created_at", "id"] if filters.sort == "age" else ["confidence", "id"]
+
+
+def queue_counts(user: Any, filters: QueueFilters | None = None) -> dict[str, int]:
+    """Return the counts shown above the queue: open fields, and today's decisions by this user."""
+    open_count = open_fields(user, filters).count()
+    since = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    from .models import ReviewDecision
+
+    done_today = ReviewDecision.objects.filter(reviewer=user, created_at__gte=since).count()
+    return {"open": open_count, "done_today": done_today}
+
+
+def document_status_counts(user: Any) -> dict[str, int]:
+    rows = documents_for(user).order_by().values("status").annotate(n=Count("id"))
+    return {r["status"]: r["n"] for r in rows}
+
+
+def document_fields(document: Document) -> list[FieldValue]:
+    """Return the fields of the document's current run, in schema order."""
+    run = document.current_run
+    if run is None:
+        return []
+    return list(
+        run.fields.select_related("field_spec", "reviewer", "claimed_by").order_by(
+            "field_spec__position", "field_spec_id"
+        )
+    )
+
+
+def document_history(document: Document) -> QuerySet[Any]:
+    from .models import ReviewDecision
+
+    return ReviewDecision.objects.filter(document=document).select_related(
+        "reviewer", "field_value__field_spec", "field_value__run__prompt_version"
+    )
+
+
+def search_documents(user: Any, *, status: str | None = None, q: str | None = None) -> QuerySet[Document]:
+    qs = documents_for(user)
+    if status:
+        qs = qs.filter(status=status)
+    if q:
+        qs = qs.filter(Q(filename__icontains=q) | Q(sha256=q))
+    return qs

@@ -1,0 +1,460 @@
+"""Writes: document intake, the extraction run around the core pipeline, and review decisions.
+
+Slow I/O (model calls) never runs inside a transaction: a run claims its document with a conditional
+UPDATE, calls the models with no lock held, then writes all its results in one transaction, so a document
+never shows half a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from django.utils.text import get_valid_filename
+
+from extraction.documents import DocumentError, extract_text
+from extraction.gateway import CallRecord, Trace
+from extraction.normalize import InvalidValue, normalize, values_equal
+from extraction.pipeline import Pipeline, PipelineError, PipelineOptions
+from extraction.redaction import redact
+
+from . import llm
+from .errors import AlreadyDecided, InvalidCorrection, NotFound, StaleDecision, UploadRejected
+from .models import (
+    Document,
+    DocumentType,
+    ExtractionRun,
+    FieldValue,
+    LLMCall,
+    PromptVersion,
+    ReviewDecision,
+    Workspace,
+)
+from .selectors import workspace_ids
+
+log = logging.getLogger(__name__)
+Status = Document.Status
+
+
+# --- intake --------------------------------------------------------------------------------------------
+@dataclass
+class Created:
+    document: Document
+    duplicate_of: Document | None
+
+
+def enqueue_extraction(document_id: int) -> None:
+    """Queue the extraction once the surrounding transaction commits (the worker must see the row)."""
+    from extraction.tasks import extract_document
+
+    transaction.on_commit(lambda: extract_document.delay(document_id))
+
+
+def document_create(
+    *,
+    workspace: Workspace,
+    document_type: DocumentType,
+    user: Any,
+    data: bytes,
+    filename: str,
+    content_type: str | None = None,
+) -> Created:
+    """Validate an upload, store it and queue its extraction. A rejected upload leaves nothing behind."""
+    filename = get_valid_filename(filename or "document.txt")[:200] or "document.txt"
+    try:
+        extracted = extract_text(data, filename, content_type, max_bytes=settings.REVIEWAPP_MAX_UPLOAD_BYTES)
+    except DocumentError as exc:
+        raise UploadRejected(str(exc), code=exc.code) from exc
+    sha = Document.hash_bytes(data)
+    duplicate = Document.objects.filter(workspace=workspace, sha256=sha).order_by("id").first()
+    with transaction.atomic():
+        doc = Document(
+            workspace=workspace,
+            document_type=document_type,
+            filename=filename,
+            content_type=content_type or "",
+            kind=extracted.kind,
+            size_bytes=len(data),
+            sha256=sha,
+            text=extracted.text,
+            pages=[list(p) for p in extracted.pages],
+            status=Status.QUEUED,
+            status_reason="; ".join(extracted.warnings),
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+        )
+        doc.file.save(filename, ContentFile(data), save=False)
+        doc.save()
+        enqueue_extraction(doc.pk)
+    return Created(doc, duplicate)
+
+
+def document_retry(*, document: Document) -> Document:
+    """Send a document through extraction again (from failed, or to re-extract a finished one)."""
+    with transaction.atomic():
+        locked = Document.objects.select_for_update().get(pk=document.pk)
+        if locked.status in (Status.QUEUED, Status.EXTRACTING):
+            return locked  # already on its way: retrying twice must not queue twice
+        locked.transition(Status.QUEUED, reason="retry requested")
+        Document.objects.filter(pk=locked.pk).update(deliveries=0, claim_token="", claimed_at=None)
+        enqueue_extraction(locked.pk)
+    locked.refresh_from_db()
+    return locked
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+def _claim(document_id: int, token: str) -> Document | None:
+    """Claim the document for this delivery of the task; None when another delivery owns it or it's done.
+
+    The conditional UPDATE is the lock: of two workers racing for a queued document only one changes the
+    row. A redelivery of the same task (same id, after a worker died) may take its own claim back, and a
+    claim older than the stuck timeout is up for grabs.
+    """
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.REVIEWAPP_STUCK_AFTER_SECONDS)
+    claimable = Q(status=Status.QUEUED) | Q(status=Status.EXTRACTING) & (
+        Q(claim_token=token) | Q(claimed_at__lt=stale)
+    )
+    changed = Document.objects.filter(Q(pk=document_id) & claimable).update(
+        status=Status.EXTRACTING,
+        claim_token=token,
+        claimed_at=now,
+        deliveries=F("deliveries") + 1,
+        updated_at=now,
+    )
+    if not changed:
+        return None
+    return Document.objects.select_related("document_type", "workspace").get(pk=document_id)
+
+
+def _store_call(run: ExtractionRun, pii: bool, record: CallRecord) -> None:
+    messages = record.messages
+    if pii:
+        messages = [{**m, "content": redact(str(m.get("content", "")))} for m in messages]
+    LLMCall.objects.create(
+        run=run,
+        document_id=run.document_id,
+        step=record.step,
+        attempt=record.attempt,
+        chunk=record.chunk,
+        prompt_version=record.prompt_version,
+        model_alias=record.model_alias,
+        model_requested=record.model_requested,
+        model_answered=record.model_answered,
+        output_mode=record.output_mode,
+        messages=messages,
+        raw_response=redact(record.raw_response) if pii else record.raw_response,
+        parse_status=record.parse_status,
+        repairs=record.repairs,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        cached_tokens=record.cached_tokens,
+        cost_usd=Decimal(str(round(record.cost_usd, 6))),
+        latency_ms=record.latency_ms,
+        ttft_ms=record.ttft_ms,
+        near_limit=record.near_limit,
+        error_class=record.error_class,
+        error_message=record.error_message,
+    )
+
+
+def active_prompt(document_type: DocumentType) -> PromptVersion:
+    prompt = document_type.active_prompt or document_type.prompt_versions.order_by("-version").first()
+    if prompt is None:
+        prompt = PromptVersion.objects.create(document_type=document_type, version=1)
+    return prompt
+
+
+def _fail(document: Document, run: ExtractionRun | None, code: str, message: str) -> None:
+    now = timezone.now()
+    if run is not None:
+        ExtractionRun.objects.filter(pk=run.pk).update(
+            status=ExtractionRun.Status.FAILED,
+            error_code=code,
+            error_message=message[:4000],
+            finished_at=now,
+            duration_ms=int((now - run.started_at).total_seconds() * 1000),
+        )
+    Document.objects.filter(
+        pk=document.pk, status=Status.EXTRACTING, claim_token=document.claim_token
+    ).update(status=Status.FAILED, status_reason=f"{code}: {message}"[:4000], updated_at=now)
+
+
+def extraction_execute(*, document_id: int, token: str) -> str:
+    """Run the pipeline for one document and store its outcome. Return what happened, for logs and tests.
+
+    Idempotent: a second delivery for a document that another delivery owns, or that is already
+    terminal, does nothing ("skipped").
+    """
+    document = _claim(document_id, token)
+    if document is None:
+        return "skipped"
+    if document.deliveries > settings.REVIEWAPP_MAX_DELIVERIES:
+        _fail(
+            document,
+            None,
+            "gave_up",
+            f"extraction was started {document.deliveries - 1} times without finishing",
+        )
+        return "failed"
+    # A run left 'running' by a worker that died belongs to an earlier delivery: close it.
+    document.runs.filter(status=ExtractionRun.Status.RUNNING, evaluation__isnull=True).update(
+        status=ExtractionRun.Status.ABANDONED, finished_at=timezone.now(), error_code="worker_lost"
+    )
+    doc_type = document.document_type
+    prompt = active_prompt(doc_type)
+    prompt.lock()
+    gw = llm.gateway()
+    schema = doc_type.to_schema()
+    run = ExtractionRun.objects.create(
+        document=document,
+        prompt_version=prompt,
+        task_id=token,
+        model_requested=prompt.model_alias or gw.pinned_model("extract"),
+    )
+    trace = Trace(on_call=lambda rec: _store_call(run, document.workspace.redact_pii, rec))
+    options = PipelineOptions(
+        prompt_label=prompt.label,
+        instructions=prompt.instructions,
+        verify_threshold=doc_type.verify_threshold,
+        max_attempts=doc_type.max_attempts,
+        extract_aliases=[prompt.model_alias] if prompt.model_alias else None,
+    )
+    started = time.perf_counter()
+    try:
+        result = Pipeline(gw).run(
+            text=document.text,
+            schema=schema,
+            candidates=[t.to_schema() for t in DocumentType.objects.prefetch_related("fields")],
+            options=options,
+            trace=trace,
+        )
+    except PipelineError as exc:
+        _fail(document, run, exc.code, f"{exc.step} step: {exc}")
+        return "failed"
+    return _store_result(document, run, result, trace, started)
+
+
+def _store_result(document: Document, run: ExtractionRun, result: Any, trace: Trace, started: float) -> str:
+    specs = {f.name: f for f in document.document_type.fields.all()}
+    rate = settings.REVIEWAPP_AUDIT_SAMPLE_RATE
+    now = timezone.now()
+    with transaction.atomic():
+        current = Document.objects.select_for_update().get(pk=document.pk)
+        if current.status != Status.EXTRACTING or current.claim_token != document.claim_token:
+            # Someone re-queued or reclaimed it while we worked: our results are not the current ones.
+            ExtractionRun.objects.filter(pk=run.pk).update(
+                status=ExtractionRun.Status.ABANDONED, finished_at=now
+            )
+            return "superseded"
+        rows = []
+        for g in result.fields:
+            status = g.status
+            audit = status == FieldValue.Status.AUTO_ACCEPTED and rate > 0 and random.random() < rate
+            rows.append(
+                FieldValue(
+                    run=run,
+                    document=document,
+                    workspace_id=document.workspace_id,
+                    field_spec=specs[g.name],
+                    value=g.value,
+                    raw_value=g.raw_value,
+                    confidence=g.confidence,
+                    model_confidence=g.model_confidence,
+                    reasoning=g.reasoning[:2000],
+                    evidence_start=g.evidence.start if g.evidence else None,
+                    evidence_end=g.evidence.end if g.evidence else None,
+                    evidence_text=g.evidence.text[:2000] if g.evidence else "",
+                    evidence_chunk=g.evidence.chunk if g.evidence else None,
+                    supported=g.supported,
+                    problem=g.problem[:200],
+                    verdict=g.verdict,
+                    status=FieldValue.Status.NEEDS_REVIEW if audit else status,
+                    audit_sample=audit,
+                    final_value=g.value if status == FieldValue.Status.AUTO_ACCEPTED and not audit else None,
+                )
+            )
+        FieldValue.objects.bulk_create(rows)
+        ExtractionRun.objects.filter(pk=run.pk).update(
+            status=ExtractionRun.Status.SUCCEEDED,
+            model_answered=result.model_answered,
+            finished_at=now,
+            duration_ms=int((time.perf_counter() - started) * 1000),
+            attempts=result.attempts,
+            prompt_tokens=trace.prompt_tokens,
+            completion_tokens=trace.completion_tokens,
+            cached_tokens=trace.cached_tokens,
+            cost_usd=Decimal(str(round(trace.cost_usd, 6))),
+            verify_score=result.verify_score,
+            classification=result.classification.model_dump() if result.classification else {},
+            chunks=result.chunks,
+            dropped_fields=result.dropped_fields,
+        )
+        needs_review = any(r.status == FieldValue.Status.NEEDS_REVIEW for r in rows)
+        new_status = Status.NEEDS_REVIEW if needs_review else Status.AUTO_ACCEPTED
+        Document.objects.filter(pk=document.pk).update(
+            status=new_status, status_reason="; ".join(result.warnings)[:4000], updated_at=now
+        )
+    return new_status
+
+
+def requeue_stuck(*, older_than: timedelta) -> dict[str, int]:
+    """Find documents stuck in `extracting` (or `queued` with no worker) and re-queue or fail them."""
+    now = timezone.now()
+    stuck = Document.objects.filter(
+        Q(status=Status.EXTRACTING, claimed_at__lt=now - older_than)
+        | Q(status=Status.QUEUED, updated_at__lt=now - older_than)
+    ).values_list("pk", "deliveries", "status")
+    requeued = failed = 0
+    for pk, deliveries, status in stuck:
+        if deliveries >= settings.REVIEWAPP_MAX_DELIVERIES:
+            failed += Document.objects.filter(pk=pk, status=status).update(
+                status=Status.FAILED,
+                status_reason=f"stuck: gave up after {deliveries} deliveries",
+                updated_at=now,
+            )
+            continue
+        with transaction.atomic():
+            if Document.objects.filter(pk=pk, status=status).update(
+                status=Status.QUEUED,
+                claim_token="",
+                claimed_at=None,
+                updated_at=now,
+                status_reason=f"re-queued by the watchdog after {older_than}",
+            ):
+                enqueue_extraction(pk)
+                requeued += 1
+    return {"requeued": requeued, "failed": failed}
+
+
+# --- review ----------------------------------------------------------------------------------------------
+Action = ReviewDecision.Action
+
+
+def _close_document_if_done(document_id: int, run_id: int) -> None:
+    if FieldValue.objects.filter(run_id=run_id, status=FieldValue.Status.NEEDS_REVIEW).exists():
+        return
+    Document.objects.filter(pk=document_id, status=Status.NEEDS_REVIEW).update(
+        status=Status.REVIEWED, updated_at=timezone.now()
+    )
+
+
+def field_decide(
+    *, user: Any, field_id: int, action: str, version: int | None = None, value: Any = None
+) -> FieldValue:
+    """Record a reviewer's decision on a field: accept, correct (with `value`) or reject.
+
+    `version` is the row version the reviewer saw; if the row changed since (someone else decided), raise
+    StaleDecision instead of overwriting. The row is locked for the read-check-write.
+    """
+    if action not in Action.values:
+        raise InvalidCorrection(f"unknown action {action!r}", code="invalid_action")
+    with transaction.atomic():
+        try:
+            fv = (
+                FieldValue.objects.select_for_update(of=("self",))
+                .select_related("field_spec", "document")
+                .get(pk=field_id, workspace_id__in=workspace_ids(user))
+            )
+        except FieldValue.DoesNotExist:
+            raise NotFound("No such field.") from None
+        if version is not None and fv.version != version:
+            who = f" by {fv.reviewer}" if fv.reviewer_id else ""
+            raise StaleDecision(
+                f"This field was changed{who} after you loaded it; reload to see the current value."
+            )
+        if fv.claim_is_live() and fv.claimed_by_id not in (None, user.pk):
+            raise StaleDecision("Another reviewer is working on this field.", code="claimed")
+        if fv.run.status != ExtractionRun.Status.SUCCEEDED or fv.document.current_run != fv.run:
+            raise AlreadyDecided("This value belongs to an older extraction of the document.")
+        spec = fv.field_spec.to_data()
+        before_status, before_value = (
+            fv.status,
+            fv.final_value if fv.status in FieldValue.DECIDED else fv.value,
+        )
+        if action == Action.ACCEPT:
+            fv.status, fv.final_value = FieldValue.Status.ACCEPTED, fv.value
+        elif action == Action.REJECT:
+            fv.status, fv.final_value = FieldValue.Status.REJECTED, None
+        else:
+            try:
+                corrected = normalize(spec, value)
+            except InvalidValue as exc:
+                raise InvalidCorrection(str(exc), details={"field": spec.name}) from exc
+            if corrected is None and spec.required:
+                raise InvalidCorrection(
+                    f"{spec.name} is required: enter a value or reject it", details={"field": spec.name}
+                )
+            same = values_equal(spec, corrected, fv.value)
+            fv.status = FieldValue.Status.ACCEPTED if same else FieldValue.Status.CORRECTED
+            fv.final_value = fv.value if same else corrected
+        fv.reviewer, fv.reviewed_at = user, timezone.now()
+        fv.version += 1
+        fv.claimed_by, fv.claim_expires_at = None, None
+        fv.save(
+            update_fields=[
+                "status",
+                "final_value",
+                "reviewer",
+                "reviewed_at",
+                "version",
+                "claimed_by",
+                "claim_expires_at",
+            ]
+        )
+        ReviewDecision.objects.create(
+            field_value=fv,
+            document_id=fv.document_id,
+            reviewer=user,
+            action=action,
+            before_status=before_status,
+            after_status=fv.status,
+            before_value=before_value,
+            after_value=fv.final_value,
+        )
+        _close_document_if_done(fv.document_id, fv.run_id)
+    return fv
+
+
+def queue_claim_next(
+    *, user: Any, filters: Any, skip: tuple[int, ...] = (), prefer: int | None = None, lease_seconds: int = 300
+) -> FieldValue | None:
+    """Claim the next open field for `user` with an expiring lease; return None when the queue is empty.
+
+    Two reviewers never get the same field: the claim is a conditional UPDATE that only succeeds while
+    nobody else holds a live lease, retried on the next candidate when it loses the race.
+    """
+    from .selectors import open_fields, queue_order
+
+    now = timezone.now()
+    free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
+    base = open_fields(user, filters).filter(free).exclude(pk__in=skip)
+    if prefer is not None:  # going back to a field skipped earlier, if nobody took it meanwhile
+        if FieldValue.objects.filter(Q(pk=prefer) & Q(pk__in=base.values("pk")) & free).update(
+            claimed_by=user, claim_expires_at=now + timedelta(seconds=lease_seconds)
+        ):
+            return FieldValue.objects.get(pk=prefer)
+    mine = base.filter(claimed_by=user, claim_expires_at__gte=now).order_by(*queue_order(filters)).first()
+    if mine is not None:
+        FieldValue.objects.filter(pk=mine.pk).update(claim_expires_at=now + timedelta(seconds=lease_seconds))
+        return mine
+    for candidate_id in base.order_by(*queue_order(filters)).values_list("pk", flat=True)[:20]:
+        won = FieldValue.objects.filter(
+            Q(pk=candidate_id) & Q(status=FieldValue.Status.NEEDS_REVIEW) & free
+        ).update(claimed_by=user, claim_expires_at=now + timedelta(seconds=lease_seconds))
+        if won:
+            return FieldValue.objects.get(pk=candidate_id)
+    return None
+
+
+def queue_release(*, user: Any, field_id: int) -> None:
+    FieldValue.objects.filter(pk=field_id, claimed_by=user).update(claimed_by=None, claim_expires_at=None)

@@ -1,0 +1,210 @@
+"""HTML and htmx views: parse the request, call a service or selector, render. Nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_not_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from extraction.normalize import display
+
+from . import selectors, services
+from .errors import NotFound, ReviewAppError, UploadRejected
+from .forms import UploadForm
+from .models import Document, FieldValue
+
+QUEUE_TEMPLATE = "review/queue.html"
+
+
+@login_not_required
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    from django.db import connection
+
+    connection.ensure_connection()
+    return JsonResponse({"ok": True})
+
+
+def _skip_ids(request: HttpRequest) -> tuple[int, ...]:
+    raw = request.GET.get("skip") or request.POST.get("skip") or ""
+    return tuple(int(x) for x in raw.split(",") if x.isdigit())[:200]
+
+
+def _item_context(request: HttpRequest, item: FieldValue | None, **extra: Any) -> dict[str, Any]:
+    filters = selectors.QueueFilters.from_query(request.GET if request.method == "GET" else request.POST)
+    ctx: dict[str, Any] = {
+        "item": item,
+        "filters": filters,
+        "filter_query": filters.as_query(),
+        "counts": selectors.queue_counts(request.user, filters),
+        "skip": ",".join(str(i) for i in _skip_ids(request)),
+        "skip_prev": ",".join(str(i) for i in _skip_ids(request)[:-1]),
+        "skip_last": _skip_ids(request)[-1] if _skip_ids(request) else "",
+        **extra,
+    }
+    if item is not None:
+        ctx["siblings"] = selectors.document_fields(item.document)
+        ctx["display_value"] = display(item.field_spec.to_data(), item.value)
+        ctx.update(_text_window(item.document.text, item.evidence_start, item.evidence_end))
+    return ctx
+
+
+def _text_window(text: str, start: int | None, end: int | None, radius: int = 4000) -> dict[str, str]:
+    """Return the text around the evidence, split for highlighting; long documents are windowed."""
+    if start is None or end is None or end > len(text):
+        head = text[: radius * 2]
+        return {
+            "text_before": head + ("\n…" if len(text) > len(head) else ""),
+            "text_evidence": "",
+            "text_after": "",
+        }
+    lo, hi = max(0, start - radius), min(len(text), end + radius)
+    return {
+        "text_before": ("…\n" if lo else "") + text[lo:start],
+        "text_evidence": text[start:end],
+        "text_after": text[end:hi] + ("\n…" if hi < len(text) else ""),
+    }
+
+
+@require_GET
+def queue(request: HttpRequest) -> HttpResponse:
+    filters = selectors.QueueFilters.from_query(request.GET)
+    prefer = request.GET.get("prefer", "")
+    item = services.queue_claim_next(
+        user=request.user, filters=filters, skip=_skip_ids(request), prefer=int(prefer) if prefer.isdigit() else None
+    )
+    ctx = _item_context(
+        request,
+        item,
+        workspaces=selectors.workspaces_for(request.user),
+        document_types=selectors.document_types(),
+    )
+    template = QUEUE_TEMPLATE + "#item" if request.htmx else QUEUE_TEMPLATE
+    return render(request, template, ctx)
+
+
+@require_POST
+def decide(request: HttpRequest, field_id: int) -> HttpResponse:
+    action = request.POST.get("action", "")
+    version = int(request.POST["version"]) if request.POST.get("version", "").isdigit() else None
+    on_document_page = request.POST.get("from") == "document"
+    error: ReviewAppError | None = None
+    try:
+        services.field_decide(
+            user=request.user,
+            field_id=field_id,
+            action=action,
+            version=version,
+            value=request.POST.get("value"),
+        )
+    except NotFound:
+        raise Http404("No such field.") from None
+    except ReviewAppError as exc:
+        error = exc
+    errors = {"error": error.message, "error_code": error.code} if error else {}
+    if on_document_page:
+        ctx = _document_context(request, selectors.field_for(request.user, field_id).document)
+        return render(request, "review/document.html#fields", {**ctx, **errors})
+    if error is not None:  # show the same item again, with the message (inline for an invalid value)
+        item = selectors.field_for(request.user, field_id)
+        ctx = _item_context(
+            request,
+            item,
+            correcting=error.code == "invalid_value",
+            submitted=request.POST.get("value", ""),
+            **errors,
+        )
+        return render(request, QUEUE_TEMPLATE + "#item", ctx)
+    filters = selectors.QueueFilters.from_query(request.POST)
+    item = services.queue_claim_next(user=request.user, filters=filters, skip=_skip_ids(request))
+    return render(request, QUEUE_TEMPLATE + "#item", _item_context(request, item, done=action))
+
+
+@require_POST
+def release(request: HttpRequest, field_id: int) -> HttpResponse:
+    services.queue_release(user=request.user, field_id=field_id)
+    return HttpResponse(status=204)
+
+
+@require_http_methods(["GET", "POST"])
+def documents(request: HttpRequest) -> HttpResponse:
+    form = UploadForm(request.POST or None, request.FILES or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            created = services.document_create(user=request.user, **form.upload_kwargs())
+        except UploadRejected as exc:
+            form.add_error(None, exc.message)
+        else:
+            if created.duplicate_of is not None:
+                messages.warning(
+                    request, f"Same file as document #{created.duplicate_of.pk}; extracted again anyway."
+                )
+            return redirect("document", pk=created.document.pk)
+    status = request.GET.get("status") or None
+    docs = selectors.search_documents(request.user, status=status, q=request.GET.get("q"))[:200]
+    counts = selectors.document_status_counts(request.user)
+    statuses = [(value, label, counts.get(value, 0)) for value, label in Document.Status.choices]
+    ctx = {"form": form, "documents": docs, "status": status, "statuses": statuses}
+    return render(request, "review/documents.html", ctx, status=400 if form.errors else 200)
+
+
+def _document_context(request: HttpRequest, document: Document) -> dict[str, Any]:
+    fields = selectors.document_fields(document)
+    return {
+        "document": document,
+        "fields": fields,
+        "runs": document.runs.select_related("prompt_version").order_by("-started_at")[:10],
+        "history": selectors.document_history(document)[:100],
+        "segments": _highlight_segments(document.text, fields),
+    }
+
+
+@require_GET
+def document(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        doc = selectors.document_for(request.user, pk)
+    except NotFound:
+        raise Http404("No such document.") from None
+    template = "review/document.html#live" if request.htmx else "review/document.html"
+    return render(request, template, _document_context(request, doc))
+
+
+@require_POST
+def document_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        doc = selectors.document_for(request.user, pk)
+        services.document_retry(document=doc)
+    except NotFound:
+        raise Http404("No such document.") from None
+    except ReviewAppError as exc:
+        messages.error(request, exc.message)
+    if request.htmx:
+        return HttpResponseClientRedirect(f"/documents/{pk}/")
+    return redirect("document", pk=pk)
+
+
+def _highlight_segments(text: str, fields: list[FieldValue]) -> list[dict[str, Any]]:
+    """Split the text into plain and evidence segments so the template can mark spans (autoescaped)."""
+    spans = sorted(
+        {
+            (f.evidence_start, f.evidence_end, f.pk)
+            for f in fields
+            if f.evidence_start is not None and f.evidence_end
+        },
+    )
+    out: list[dict[str, Any]] = []
+    pos = 0
+    for start, end, fid in spans:
+        if start < pos or end > len(text):
+            continue  # overlapping spans: the first one wins
+        if start > pos:
+            out.append({"text": text[pos:start]})
+        out.append({"text": text[start:end], "field": fid})
+        pos = end
+    out.append({"text": text[pos:]})
+    return out

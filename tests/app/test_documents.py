@@ -1,0 +1,185 @@
+"""Intake, the extraction task, the state machine and the command line, end to end on the database."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+
+from extraction.tasks import extract_document
+from reviewapp import llm as app_llm
+from reviewapp import services
+from reviewapp.errors import InvalidTransition, UploadRejected
+from reviewapp.models import Document, ExtractionRun, FieldValue, LLMCall
+
+pytestmark = pytest.mark.django_db
+
+
+def test_upload_is_extracted_with_the_offline_model_and_gated(make_document: Any) -> None:
+    doc = make_document()
+    assert doc.status in (Document.Status.NEEDS_REVIEW, Document.Status.AUTO_ACCEPTED)
+    run = doc.current_run
+    assert run.status == ExtractionRun.Status.SUCCEEDED
+    assert run.model_answered == "reviewapp/heuristic-v1"
+    fields = {f.field_spec.name: f for f in run.fields.select_related("field_spec")}
+    assert set(fields) == {"company", "date", "address", "total"}
+    assert fields["total"].value == "23.10 MYR"
+    assert fields["date"].value == "2024-03-12"
+    for f in fields.values():
+        assert 0.0 <= f.confidence <= 1.0
+        expected = (
+            "auto_accepted" if f.confidence >= f.field_spec.threshold and not f.problem else "needs_review"
+        )
+        assert f.status == expected, f.field_spec.name
+        if f.evidence_start is not None:
+            assert doc.text[f.evidence_start : f.evidence_end] == f.evidence_text
+    # classify, extract, verify: every call traced, with its prompt version label
+    steps = list(LLMCall.objects.filter(run=run).values_list("step", "prompt_version"))
+    assert ("extract", "receipt-extract v1") in steps
+    assert {s for s, _ in steps} == {"classify", "extract", "verify"}
+    assert "# receipt-extract v1" in LLMCall.objects.get(run=run, step="extract").messages[0]["content"]
+
+
+def test_running_the_task_twice_creates_no_second_run(make_document: Any) -> None:
+    doc = make_document()
+    fields_before = FieldValue.objects.filter(document=doc).count()
+    assert extract_document.apply(args=[doc.pk]).get() == "skipped"
+    assert doc.runs.count() == 1
+    assert FieldValue.objects.filter(document=doc).count() == fields_before
+
+
+def test_a_redelivered_task_takes_over_its_own_claim(
+    make_document: Any, receipt_type: Any, workspace: Any
+) -> None:
+    doc = Document.objects.create(
+        workspace=workspace,
+        document_type=receipt_type,
+        filename="x.txt",
+        sha256="0" * 64,
+        text=make_document().text,
+    )
+    # A worker died mid-run: the document is 'extracting' with the task's claim and a dangling run.
+    Document.objects.filter(pk=doc.pk).update(status="extracting", claim_token="task-1", deliveries=1)
+    ExtractionRun.objects.create(document=doc, prompt_version=receipt_type.active_prompt, task_id="task-1")
+    assert services.extraction_execute(document_id=doc.pk, token="task-2") == "skipped"  # another task: no
+    outcome = services.extraction_execute(document_id=doc.pk, token="task-1")  # the redelivery: yes
+    assert outcome in ("needs_review", "auto_accepted")
+    assert list(doc.runs.values_list("status", flat=True).order_by("id")) == ["abandoned", "succeeded"]
+
+
+def test_a_document_that_keeps_killing_workers_fails_visibly(
+    workspace: Any, receipt_type: Any, settings: Any
+) -> None:
+    doc = Document.objects.create(
+        workspace=workspace,
+        document_type=receipt_type,
+        filename="x.txt",
+        sha256="0" * 64,
+        text="TOTAL 1.00",
+        status="extracting",
+        claim_token="t",
+        deliveries=settings.REVIEWAPP_MAX_DELIVERIES,
+    )
+    assert services.extraction_execute(document_id=doc.pk, token="t") == "failed"
+    doc.refresh_from_db()
+    assert doc.status == "failed" and doc.status_reason.startswith("gave_up")
+
+
+def test_state_machine_refuses_illegal_moves(make_document: Any) -> None:
+    doc = make_document()
+    with pytest.raises(InvalidTransition):
+        doc.transition(Document.Status.EXTRACTING)
+    doc.transition(Document.Status.QUEUED, reason="again")
+    assert Document.objects.get(pk=doc.pk).status == "queued"
+    with pytest.raises(InvalidTransition):
+        doc.transition(Document.Status.REVIEWED)
+
+
+def test_document_becomes_reviewed_when_no_field_is_left(make_document: Any, reviewer: Any) -> None:
+    doc = make_document()
+    open_fields = list(FieldValue.objects.filter(document=doc, status="needs_review"))
+    assert open_fields, "the sample receipt should leave something to review"
+    for f in open_fields:
+        assert Document.objects.get(pk=doc.pk).status == "needs_review"
+        services.field_decide(user=reviewer, field_id=f.pk, action="accept", version=f.version)
+    assert Document.objects.get(pk=doc.pk).status == "reviewed"
+
+
+@pytest.mark.parametrize(
+    ("data", "filename", "code"),
+    [
+        (b"", "empty.txt", "empty"),
+        (b"   \n\t  ", "blank.txt", "empty"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40, "photo.txt", "binary"),
+        (b"%PDF-1.4 this is not really a pdf", "broken.pdf", "pdf_unreadable"),
+    ],
+)
+def test_bad_uploads_are_rejected_and_leave_nothing(
+    workspace: Any, receipt_type: Any, data: bytes, filename: str, code: str
+) -> None:
+    with pytest.raises(UploadRejected) as err:
+        services.document_create(
+            workspace=workspace, document_type=receipt_type, user=None, data=data, filename=filename
+        )
+    assert err.value.code == code
+    assert Document.objects.count() == 0
+
+
+def test_oversized_upload_is_rejected(workspace: Any, receipt_type: Any, settings: Any) -> None:
+    settings.REVIEWAPP_MAX_UPLOAD_BYTES = 1000
+    with pytest.raises(UploadRejected) as err:
+        services.document_create(
+            workspace=workspace, document_type=receipt_type, user=None, data=b"a" * 1001, filename="big.txt"
+        )
+    assert err.value.code == "too_large"
+    assert Document.objects.count() == 0
+
+
+def test_failed_document_can_be_retried(
+    make_document: Any, llm_config_file: Any, llm: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    # Nothing is scripted: every call to the model server gets a 500, so the run must fail, not vanish.
+    llm_config_file(retries=0)  # classify and verify stay offline; extract: primary, then secondary
+    doc = make_document()
+    assert doc.status == "failed"
+    assert "every model" in doc.status_reason
+    failed_calls = LLMCall.objects.filter(document=doc).exclude(error_class="")
+    assert {c.model_alias for c in failed_calls} == {"primary", "secondary"}  # the fallback was tried too
+    settings.REVIEWAPP_LLM_CONFIG = ""  # the provider is back (here: the offline model)
+    app_llm.reset()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.document_retry(document=doc)
+    doc.refresh_from_db()
+    assert doc.status in ("needs_review", "auto_accepted")
+    assert list(doc.runs.values_list("status", flat=True).order_by("id")) == ["failed", "succeeded"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_extract_command_prints_the_json_contract(workspace: Any, receipt_type: Any, tmp_path: Any) -> None:
+    from tests.conftest import RECEIPT
+
+    path = tmp_path / "r.txt"
+    path.write_text(RECEIPT)
+    out = StringIO()
+    call_command(
+        "extract",
+        str(path),
+        type_slug="receipt",
+        workspace="acme",
+        wait=True,
+        format="json",
+        timeout=60,
+        stdout=out,
+    )
+    lines = out.getvalue().strip().splitlines()
+    assert len(lines) == 1
+    data = json.loads(lines[0])
+    assert data["status"] in ("needs_review", "auto_accepted")
+    assert set(data["fields"]) == {"company", "date", "address", "total"}
+    total = data["fields"]["total"]
+    assert total["value"] == "23.10 MYR"
+    assert 0 <= total["confidence"] <= 1 and total["status"] in ("auto_accepted", "needs_review")
+    assert Document.objects.get(pk=data["document"]).filename == "r.txt"
