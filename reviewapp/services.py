@@ -426,7 +426,12 @@ def field_decide(
 
 
 def queue_claim_next(
-    *, user: Any, filters: Any, skip: tuple[int, ...] = (), prefer: int | None = None, lease_seconds: int = 300
+    *,
+    user: Any,
+    filters: Any,
+    skip: tuple[int, ...] = (),
+    prefer: int | None = None,
+    lease_seconds: int = 300,
 ) -> FieldValue | None:
     """Claim the next open field for `user` with an expiring lease; return None when the queue is empty.
 
@@ -438,11 +443,11 @@ def queue_claim_next(
     now = timezone.now()
     free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
     base = open_fields(user, filters).filter(free).exclude(pk__in=skip)
-    if prefer is not None:  # going back to a field skipped earlier, if nobody took it meanwhile
-        if FieldValue.objects.filter(Q(pk=prefer) & Q(pk__in=base.values("pk")) & free).update(
-            claimed_by=user, claim_expires_at=now + timedelta(seconds=lease_seconds)
-        ):
-            return FieldValue.objects.get(pk=prefer)
+    # Going back (k) to a field skipped earlier takes it again, if nobody else took it meanwhile.
+    if prefer is not None and FieldValue.objects.filter(
+        Q(pk=prefer) & Q(pk__in=base.values("pk")) & free
+    ).update(claimed_by=user, claim_expires_at=now + timedelta(seconds=lease_seconds)):
+        return FieldValue.objects.get(pk=prefer)
     mine = base.filter(claimed_by=user, claim_expires_at__gte=now).order_by(*queue_order(filters)).first()
     if mine is not None:
         FieldValue.objects.filter(pk=mine.pk).update(claim_expires_at=now + timedelta(seconds=lease_seconds))

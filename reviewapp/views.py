@@ -76,7 +76,10 @@ def queue(request: HttpRequest) -> HttpResponse:
     filters = selectors.QueueFilters.from_query(request.GET)
     prefer = request.GET.get("prefer", "")
     item = services.queue_claim_next(
-        user=request.user, filters=filters, skip=_skip_ids(request), prefer=int(prefer) if prefer.isdigit() else None
+        user=request.user,
+        filters=filters,
+        skip=_skip_ids(request),
+        prefer=int(prefer) if prefer.isdigit() else None,
     )
     ctx = _item_context(
         request,

@@ -20,7 +20,9 @@ def open_count() -> int:
 
 
 def current_item(page: Any) -> FieldValue:
-    page.wait_for_function("document.body.dataset.ready && document.body.dataset.ready === document.querySelector('#item').dataset.field")
+    page.wait_for_function(
+        "document.body.dataset.ready && document.body.dataset.ready === document.querySelector('#item').dataset.field"
+    )
     pk = int(page.get_attribute("#item", "data-field"))
     return FieldValue.objects.select_related("field_spec").get(pk=pk)
 

@@ -257,7 +257,9 @@ def test_generic_fields_use_their_own_name_as_label() -> None:
 def test_hostile_input_is_bounded_and_keeps_the_evidence_contract(text: str) -> None:
     started = time.perf_counter()
     result = heuristic.extract(text, INVOICE.fields)
-    assert time.perf_counter() - started < 30.0  # a hang guard (catastrophic backtracking), not a speed target
+    assert (
+        time.perf_counter() - started < 30.0
+    )  # a hang guard (catastrophic backtracking), not a speed target
     check_evidence(text, result)
     json.dumps(result)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
@@ -354,17 +353,6 @@ def test_positive_num_retries_without_tenacity_hides_the_error(server: ls.Script
 
     assert not isinstance(caught.value, openai.APIError)
     assert len(server.requests) == 1  # 400 is not retried by the SDK; litellm's wrapper then fails
-
-
-def test_async_completion_uses_the_same_server(server: ls.ScriptedLLMServer) -> None:
-    server.script(None, ls.reply("async hello"))
-
-    async def call() -> litellm.ModelResponse:
-        return await litellm.acompletion(
-            model=MODEL, messages=MESSAGES, api_base=server.base_url, api_key="sk-test", num_retries=0
-        )
-
-    assert asyncio.run(call()).choices[0].message.content == "async hello"
 
 
 def test_models_endpoint_and_reset(server: ls.ScriptedLLMServer) -> None:
