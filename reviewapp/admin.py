@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.http import HttpRequest
 
 from . import llm
@@ -175,15 +175,26 @@ class LLMCallAdmin(admin.ModelAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         # Per prompt version and model: calls, failures, tokens and cost, above the list.
         summary = (
-            LLMCall.objects.values("prompt_version", "model_alias")
+            LLMCall.objects.values("prompt_version", "model_alias", "document__document_type__slug")
             .annotate(
                 calls=Count("id"),
+                failures=Count("id", filter=~Q(error_class="")),
+                repaired=Count("id", filter=Q(parse_status="repaired")),
+                unparsed=Count("id", filter=Q(parse_status="failed")),
                 tokens=Sum("prompt_tokens") + Sum("completion_tokens"),
                 cost=Sum("cost_usd"),
                 documents=Count("document", distinct=True),
             )
-            .order_by("prompt_version", "model_alias")
+            .order_by("document__document_type__slug", "prompt_version", "model_alias")
         )
+        summary = [
+            {
+                **row,
+                "tokens_per_doc": (row["tokens"] or 0) / max(1, row["documents"]),
+                "cost_per_doc": (row["cost"] or 0) / max(1, row["documents"]),
+            }
+            for row in summary
+        ]
         extra_context = {
             **(extra_context or {}),
             "summary": summary,

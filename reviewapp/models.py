@@ -63,6 +63,27 @@ class DocumentType(models.Model):
         default=0.7, help_text="Verifier score under which the extraction is regenerated with its feedback."
     )
     max_attempts = models.PositiveSmallIntegerField(default=3)
+    audit_sample_rate = models.FloatField(
+        default=0.0,
+        help_text="Share of auto-accepted fields sent to review anyway, to measure their error rate.",
+    )
+    candidate_prompt = models.ForeignKey(
+        "PromptVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="A/B: a prompt version (and its model) that gets a share of the documents.",
+    )
+    candidate_share = models.FloatField(
+        default=0.0, help_text="Share of documents routed to the candidate (0-1)."
+    )
+    promotion_margin = models.FloatField(
+        default=0.02, help_text="Largest accuracy drop (overall or per field) a promotion may cause."
+    )
+    drift_band = models.FloatField(
+        default=3.0, help_text="Alert when a field's correction rate leaves mean ± k·sd."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -447,3 +468,125 @@ class Evaluation(models.Model):
 
     def __str__(self) -> str:
         return f"evaluation {self.pk} of {self.prompt_version} / {self.model_alias or 'default'}"
+
+
+class ThresholdChange(models.Model):
+    """Audit of a threshold change: who, when, from/to, and the evidence shown when it was applied."""
+
+    field_spec = models.ForeignKey(FieldSpec, on_delete=models.CASCADE, related_name="threshold_changes")
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    from_value = models.FloatField()
+    to_value = models.FloatField()
+    evidence = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=_now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.field_spec}: {self.from_value} -> {self.to_value}"
+
+
+class PromotionEvent(models.Model):
+    """Audit of a prompt version (or model) becoming active, with the gate's verdict or the override reason."""
+
+    document_type = models.ForeignKey(DocumentType, on_delete=models.CASCADE, related_name="promotions")
+    prompt_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
+    previous = models.ForeignKey(
+        PromptVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    evaluation = models.ForeignKey(
+        Evaluation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    baseline = models.ForeignKey(
+        Evaluation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    comparison = models.JSONField(default=dict, blank=True)
+    overridden = models.BooleanField(default=False)
+    reason = models.TextField(blank=True)
+    is_rollback = models.BooleanField(default=False)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=_now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prompt_version} active for {self.document_type}"
+
+
+class ApiKey(models.Model):
+    """A workspace's API key. Only a hash is stored; the key is shown once, when created."""
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read"
+        WRITE = "write", "Write"
+        REVIEW = "review", "Review"
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)  # shown in lists and logs to identify the key
+    hashed_key = models.CharField(max_length=128)
+    scopes = models.JSONField(default=list)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=_now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to a request with an Idempotency-Key, replayed for the same key and body."""
+
+    scope = models.CharField(max_length=100)  # whose key: "user:<id>" or "apikey:<id>"
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=_now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="unique_idempotency_key")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key}"
+
+
+class WebhookSubscription(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=500)
+    secret = models.CharField(max_length=100)
+    events = models.JSONField(
+        default=list,
+        help_text="document.extracted, document.needs_review, document.reviewed, document.failed",
+    )
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=_now)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookDelivery(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    subscription = models.ForeignKey(WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=50)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=_now, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.event} to {self.subscription} ({self.status})"

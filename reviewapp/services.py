@@ -25,10 +25,10 @@ from django.utils.text import get_valid_filename
 from extraction.documents import DocumentError, extract_text
 from extraction.gateway import CallRecord, Trace
 from extraction.normalize import InvalidValue, normalize, values_equal
-from extraction.pipeline import Pipeline, PipelineError, PipelineOptions
+from extraction.pipeline import Pipeline, PipelineError, PipelineOptions, PipelineResult
 from extraction.redaction import redact
 
-from . import llm
+from . import llm, webhooks
 from .errors import AlreadyDecided, InvalidCorrection, NotFound, StaleDecision, UploadRejected
 from .models import (
     Document,
@@ -174,6 +174,16 @@ def active_prompt(document_type: DocumentType) -> PromptVersion:
     return prompt
 
 
+def route_prompt(document_type: DocumentType, *, draw: float | None = None) -> tuple[PromptVersion, str]:
+    """Return the prompt version for a new run and its A/B arm ("active" or "candidate")."""
+    candidate = document_type.candidate_prompt
+    share = document_type.candidate_share
+    draw = random.random() if draw is None else draw  # a traffic split, not a secret
+    if candidate is not None and share > 0 and draw < share:
+        return candidate, "candidate"
+    return active_prompt(document_type), "active"
+
+
 def _fail(document: Document, run: ExtractionRun | None, code: str, message: str) -> None:
     now = timezone.now()
     if run is not None:
@@ -210,43 +220,58 @@ def extraction_execute(*, document_id: int, token: str) -> str:
     document.runs.filter(status=ExtractionRun.Status.RUNNING, evaluation__isnull=True).update(
         status=ExtractionRun.Status.ABANDONED, finished_at=timezone.now(), error_code="worker_lost"
     )
-    doc_type = document.document_type
-    prompt = active_prompt(doc_type)
-    prompt.lock()
-    gw = llm.gateway()
-    schema = doc_type.to_schema()
+    prompt, arm = route_prompt(document.document_type)
     run = ExtractionRun.objects.create(
         document=document,
         prompt_version=prompt,
         task_id=token,
-        model_requested=prompt.model_alias or gw.pinned_model("extract"),
+        arm=arm,
+        model_requested=prompt.model_alias or llm.gateway().pinned_model("extract"),
     )
+    started = time.perf_counter()
+    outcome, trace = run_pipeline(document=document, run=run)
+    if isinstance(outcome, PipelineError):
+        _fail(document, run, outcome.code, f"{outcome.step} step: {outcome}")
+        return "failed"
+    return _store_result(document, run, outcome, trace, started)
+
+
+def run_pipeline(
+    *, document: Document, run: ExtractionRun, model_alias: str | None = None
+) -> tuple[PipelineResult | PipelineError, Trace]:
+    """Run the chain for `document` with the run's prompt version; every call is stored on `run`.
+
+    Return the result or the PipelineError that stopped the chain. Nothing about the document changes
+    here: extraction_execute stores results, an evaluation compares them with gold.
+    """
+    prompt = run.prompt_version
+    prompt.lock()
+    doc_type = document.document_type
+    alias = model_alias or prompt.model_alias
     trace = Trace(on_call=lambda rec: _store_call(run, document.workspace.redact_pii, rec))
     options = PipelineOptions(
         prompt_label=prompt.label,
         instructions=prompt.instructions,
         verify_threshold=doc_type.verify_threshold,
         max_attempts=doc_type.max_attempts,
-        extract_aliases=[prompt.model_alias] if prompt.model_alias else None,
+        extract_aliases=[alias] if alias else None,
     )
-    started = time.perf_counter()
     try:
-        result = Pipeline(gw).run(
+        result = Pipeline(llm.gateway()).run(
             text=document.text,
-            schema=schema,
+            schema=doc_type.to_schema(),
             candidates=[t.to_schema() for t in DocumentType.objects.prefetch_related("fields")],
             options=options,
             trace=trace,
         )
     except PipelineError as exc:
-        _fail(document, run, exc.code, f"{exc.step} step: {exc}")
-        return "failed"
-    return _store_result(document, run, result, trace, started)
+        return exc, trace
+    return result, trace
 
 
 def _store_result(document: Document, run: ExtractionRun, result: Any, trace: Trace, started: float) -> str:
     specs = {f.name: f for f in document.document_type.fields.all()}
-    rate = settings.REVIEWAPP_AUDIT_SAMPLE_RATE
+    rate = document.document_type.audit_sample_rate or settings.REVIEWAPP_AUDIT_SAMPLE_RATE
     now = timezone.now()
     with transaction.atomic():
         current = Document.objects.select_for_update().get(pk=document.pk)
@@ -304,6 +329,9 @@ def _store_result(document: Document, run: ExtractionRun, result: Any, trace: Tr
         Document.objects.filter(pk=document.pk).update(
             status=new_status, status_reason="; ".join(result.warnings)[:4000], updated_at=now
         )
+        webhooks.emit(document.pk, "document.extracted")
+        if needs_review:
+            webhooks.emit(document.pk, "document.needs_review")
     return new_status
 
 
@@ -317,11 +345,11 @@ def requeue_stuck(*, older_than: timedelta) -> dict[str, int]:
     requeued = failed = 0
     for pk, deliveries, status in stuck:
         if deliveries >= settings.REVIEWAPP_MAX_DELIVERIES:
-            failed += Document.objects.filter(pk=pk, status=status).update(
-                status=Status.FAILED,
-                status_reason=f"stuck: gave up after {deliveries} deliveries",
-                updated_at=now,
-            )
+            if Document.objects.filter(pk=pk, status=status).update(
+                status=Status.FAILED, status_reason=f"stuck: gave up after {deliveries} deliveries", updated_at=now
+            ):
+                failed += 1
+                webhooks.emit(pk, "document.failed")
             continue
         with transaction.atomic():
             if Document.objects.filter(pk=pk, status=status).update(
@@ -343,9 +371,10 @@ Action = ReviewDecision.Action
 def _close_document_if_done(document_id: int, run_id: int) -> None:
     if FieldValue.objects.filter(run_id=run_id, status=FieldValue.Status.NEEDS_REVIEW).exists():
         return
-    Document.objects.filter(pk=document_id, status=Status.NEEDS_REVIEW).update(
+    if Document.objects.filter(pk=document_id, status=Status.NEEDS_REVIEW).update(
         status=Status.REVIEWED, updated_at=timezone.now()
-    )
+    ):
+        webhooks.emit(document_id, "document.reviewed")
 
 
 def field_decide(
