@@ -27,9 +27,17 @@ from extraction.gateway import CallRecord, Trace
 from extraction.normalize import InvalidValue, normalize, values_equal
 from extraction.pipeline import Pipeline, PipelineError, PipelineOptions, PipelineResult
 from extraction.redaction import redact
+from extraction.tracing import LangfuseSettings, export_run
 
 from . import llm, webhooks
-from .errors import AlreadyDecided, InvalidCorrection, NotFound, StaleDecision, UploadRejected
+from .errors import (
+    AlreadyDecided,
+    InvalidCorrection,
+    NotFound,
+    ServiceUnavailable,
+    StaleDecision,
+    UploadRejected,
+)
 from .models import (
     Document,
     DocumentType,
@@ -51,6 +59,26 @@ Status = Document.Status
 class Created:
     document: Document
     duplicate_of: Document | None
+
+
+def check_broker(timeout: float = 2.0) -> None:
+    """Raise ServiceUnavailable when the job queue cannot be reached, before anything is stored.
+
+    An upload during a broker outage must fail loudly, not leave a document nobody will process. (If the
+    broker drops between this check and the publish, the document stays `queued` and the watchdog
+    re-queues it: late, but not lost.)
+    """
+    from .celery import app
+
+    if app.conf.task_always_eager:
+        return
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:  # kombu raises the transport's own connection errors
+        raise ServiceUnavailable(
+            "The job queue is unavailable; nothing was saved. Try again in a minute."
+        ) from exc
 
 
 def enqueue_extraction(document_id: int) -> None:
@@ -75,6 +103,7 @@ def document_create(
         extracted = extract_text(data, filename, content_type, max_bytes=settings.REVIEWAPP_MAX_UPLOAD_BYTES)
     except DocumentError as exc:
         raise UploadRejected(str(exc), code=exc.code) from exc
+    check_broker()
     sha = Document.hash_bytes(data)
     duplicate = Document.objects.filter(workspace=workspace, sha256=sha).order_by("id").first()
     with transaction.atomic():
@@ -232,8 +261,36 @@ def extraction_execute(*, document_id: int, token: str) -> str:
     outcome, trace = run_pipeline(document=document, run=run)
     if isinstance(outcome, PipelineError):
         _fail(document, run, outcome.code, f"{outcome.step} step: {outcome}")
+        _export_trace(document, run, trace, "failed", f"{outcome.code}: {outcome}")
         return "failed"
-    return _store_result(document, run, outcome, trace, started)
+    status = _store_result(document, run, outcome, trace, started)
+    _export_trace(document, run, trace, status)
+    return status
+
+
+def _export_trace(
+    document: Document, run: ExtractionRun, trace: Trace, status: str, error: str | None = None
+) -> None:
+    """Send the run to Langfuse when it is configured (after the commit, never failing the run)."""
+    keys = LangfuseSettings(
+        settings.LANGFUSE_PUBLIC_KEY, settings.LANGFUSE_SECRET_KEY, settings.LANGFUSE_HOST
+    )
+    if not keys.enabled:
+        return
+    export_run(
+        keys,
+        run_id=run.pk,
+        document_id=document.pk,
+        workspace=document.workspace.slug,
+        document_type=document.document_type.slug,
+        prompt_version=run.prompt_version.label,
+        status=status,
+        calls=trace.calls,
+        started_at=run.started_at.timestamp(),
+        finished_at=time.time(),
+        error=error,
+        redact_pii=document.workspace.redact_pii,
+    )
 
 
 def run_pipeline(
@@ -275,7 +332,13 @@ def _store_result(document: Document, run: ExtractionRun, result: Any, trace: Tr
     now = timezone.now()
     with transaction.atomic():
         current = Document.objects.select_for_update().get(pk=document.pk)
-        if current.status != Status.EXTRACTING or current.claim_token != document.claim_token:
+        still_mine = ExtractionRun.objects.filter(pk=run.pk, status=ExtractionRun.Status.RUNNING).exists()
+        # A duplicate delivery of the same task (same token) marks our run abandoned when it takes over.
+        if (
+            current.status != Status.EXTRACTING
+            or current.claim_token != document.claim_token
+            or not still_mine
+        ):
             # Someone re-queued or reclaimed it while we worked: our results are not the current ones.
             ExtractionRun.objects.filter(pk=run.pk).update(
                 status=ExtractionRun.Status.ABANDONED, finished_at=now
@@ -346,7 +409,9 @@ def requeue_stuck(*, older_than: timedelta) -> dict[str, int]:
     for pk, deliveries, status in stuck:
         if deliveries >= settings.REVIEWAPP_MAX_DELIVERIES:
             if Document.objects.filter(pk=pk, status=status).update(
-                status=Status.FAILED, status_reason=f"stuck: gave up after {deliveries} deliveries", updated_at=now
+                status=Status.FAILED,
+                status_reason=f"stuck: gave up after {deliveries} deliveries",
+                updated_at=now,
             ):
                 failed += 1
                 webhooks.emit(pk, "document.failed")

@@ -114,6 +114,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "reviewapp.middleware.ServiceUnavailableMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
 ]
 
@@ -167,6 +168,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+WHITENOISE_USE_FINDERS = DEBUG or TESTING  # serve from the source folders until collectstatic has run
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
@@ -227,11 +229,21 @@ LANGFUSE_HOST = env_str("LANGFUSE_HOST") or ""
 # --- REST API ------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "reviewapp.api.auth.ApiKeyAuthentication",  # Authorization: Bearer ra_… or X-Api-Key
         "rest_framework.authentication.TokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.SessionAuthentication",  # the browsable API
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "reviewapp.api.auth.HasScope",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["reviewapp.api.auth.PrincipalRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "api_key": env_str("REVIEWAPP_API_KEY_RATE") or "600/min",
+        "user": env_str("REVIEWAPP_API_USER_RATE") or "600/min",
+        "anon": env_str("REVIEWAPP_API_ANON_RATE") or "60/min",
+    },
+    "DEFAULT_SCHEMA_CLASS": "reviewapp.api.schema.ApiAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "reviewapp.api.pagination.IdCursorPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "reviewapp.api.errors.exception_handler",

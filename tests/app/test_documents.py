@@ -183,3 +183,22 @@ def test_extract_command_prints_the_json_contract(workspace: Any, receipt_type: 
     assert total["value"] == "23.10 MYR"
     assert 0 <= total["confidence"] <= 1 and total["status"] in ("auto_accepted", "needs_review")
     assert Document.objects.get(pk=data["document"]).filename == "r.txt"
+
+
+def test_a_run_is_exported_to_langfuse_when_configured(make_document: Any, settings: Any) -> None:
+    from extraction import tracing
+    from tests.core.test_tracing import OTLPReceiver
+
+    receiver = OTLPReceiver()
+    settings.LANGFUSE_PUBLIC_KEY, settings.LANGFUSE_SECRET_KEY = "pk-app-test", "sk-app-test"
+    settings.LANGFUSE_HOST = receiver.base_url
+    try:
+        doc = make_document()
+    finally:
+        tracing.shutdown()
+        receiver.stop()
+    names = [s["name"] for s in receiver.spans]
+    assert names.count("extraction") == 1
+    assert sorted(n for n in names if n != "extraction") == ["classify", "extract", "verify"]
+    root = next(s for s in receiver.spans if s["name"] == "extraction")
+    assert str(doc.pk) in json.dumps(root, default=str)

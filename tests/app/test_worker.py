@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from django.db import connection
 
+from extraction.providers import answer as offline_answer
 from reviewapp import services
 from reviewapp.celery import app as celery_app
-from reviewapp.models import Document
-from tests.conftest import RECEIPT
+from reviewapp.models import Document, FieldValue
+from tests.conftest import RECEIPT, server_config
+from tests.llmserver import responder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,14 +33,16 @@ def database_url() -> str:
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-def start_worker(queue: str, broker: str) -> subprocess.Popen[bytes]:
+def start_worker(queue: str, broker: str, **extra_env: str) -> subprocess.Popen[bytes]:
     env = {
+        **extra_env,
         **os.environ,
         "DATABASE_URL": database_url(),
         "CELERY_BROKER_URL": broker,
         "CELERY_QUEUE": queue,
         "SECRET_KEY": "worker-test",
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        **extra_env,
     }
     return subprocess.Popen(
         [
@@ -102,3 +108,73 @@ def test_a_real_worker_process_extracts_queued_documents(
         out = proc.communicate(timeout=30)[0].decode(errors="replace")
         celery_app.conf.task_default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
     assert "extraction.tasks.extract_document" in out
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_extraction_loses_and_duplicates_nothing(
+    workspace: Any, receipt_type: Any, settings: Any, llm: Any, tmp_path: Path
+) -> None:
+    broker = os.environ.get("CELERY_BROKER_URL", "")
+    if not broker.startswith("redis://"):
+        pytest.skip("needs CELERY_BROKER_URL=redis://… (make test sets it)")
+    # The model answers like the offline model but takes its time, so the kill lands mid-extraction.
+    llm.default = responder(lambda body: offline_answer(body["messages"]), delay=1.0)
+    config = tmp_path / "llm.yaml"
+    cfg = server_config(llm.base_url, retries=0, fallbacks=[], classify="primary", verify="primary")
+    config.write_text(yaml.safe_dump(cfg))
+    env = {"REVIEWAPP_LLM_CONFIG": str(config), "CELERY_VISIBILITY_TIMEOUT": "6"}
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    celery_app.conf.task_always_eager = False
+    celery_app.conf.task_default_queue = queue
+    first = start_worker(queue, broker, **env)
+    second = None
+    try:
+        docs = [
+            services.document_create(
+                workspace=workspace,
+                document_type=receipt_type,
+                user=None,
+                data=(RECEIPT + f"\nref {i}").encode(),
+                filename=f"k{i}.txt",
+            ).document
+            for i in range(6)
+        ]
+        ids = [d.pk for d in docs]
+        wait_until(
+            lambda: Document.objects.filter(pk__in=ids, status="extracting").count() >= 2,
+            60,
+            "extractions to start",
+        )
+        first.send_signal(signal.SIGKILL)  # no warm shutdown: the worker dies holding unacked jobs
+        first.wait(timeout=10)
+        killed = list(Document.objects.filter(pk__in=ids, status="extracting").values_list("pk", flat=True))
+        assert killed, "the kill should have caught documents mid-extraction"
+        second = start_worker(queue, broker, **env)
+        wait_until(
+            lambda: all(d.is_terminal for d in Document.objects.filter(pk__in=ids)),
+            120,
+            "every document to finish",
+        )
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.communicate(timeout=30)
+        celery_app.conf.task_default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    for doc in Document.objects.filter(pk__in=ids):
+        assert doc.status in ("needs_review", "auto_accepted"), (doc.pk, doc.status, doc.status_reason)
+        runs = list(doc.runs.values_list("status", flat=True))
+        assert runs.count("succeeded") == 1, (doc.pk, runs)  # exactly one completed run: no duplicate
+        assert FieldValue.objects.filter(document=doc).count() == 4
+        if doc.pk in killed:
+            assert "abandoned" in runs  # the dead worker's run was closed, not left 'running'
