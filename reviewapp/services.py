@@ -443,7 +443,13 @@ def _close_document_if_done(document_id: int, run_id: int) -> None:
 
 
 def field_decide(
-    *, user: Any, field_id: int, action: str, version: int | None = None, value: Any = None
+    *,
+    user: Any,
+    field_id: int,
+    action: str,
+    version: int | None = None,
+    value: Any = None,
+    bulk: bool = False,
 ) -> FieldValue:
     """Record a reviewer's decision on a field: accept, correct (with `value`) or reject.
 
@@ -514,9 +520,26 @@ def field_decide(
             after_status=fv.status,
             before_value=before_value,
             after_value=fv.final_value,
+            bulk=bulk,
         )
         _close_document_if_done(fv.document_id, fv.run_id)
     return fv
+
+
+def fields_bulk_accept(*, user: Any, versions: dict[int, int]) -> tuple[int, list[str]]:
+    """Accept each field at the version the reviewer saw; return how many were accepted and what was refused.
+
+    Each field is its own decision (and transaction): one stale field does not undo the others.
+    """
+    accepted, refused = 0, []
+    for field_id, version in versions.items():
+        try:
+            field_decide(user=user, field_id=field_id, action=Action.ACCEPT, version=version, bulk=True)
+        except (StaleDecision, AlreadyDecided, NotFound) as exc:
+            refused.append(f"field {field_id}: {exc}")
+        else:
+            accepted += 1
+    return accepted, refused
 
 
 def queue_claim_next(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
@@ -41,6 +42,7 @@ def _item_context(request: HttpRequest, item: FieldValue | None, **extra: Any) -
         "item": item,
         "filters": filters,
         "filter_query": filters.as_query(),
+        "filter_qs": urlencode(filters.as_query()),
         "counts": selectors.queue_counts(request.user, filters),
         "skip": ",".join(str(i) for i in _skip_ids(request)),
         "skip_prev": ",".join(str(i) for i in _skip_ids(request)[:-1]),
@@ -129,6 +131,34 @@ def decide(request: HttpRequest, field_id: int) -> HttpResponse:
 
 
 @require_POST
+def bulk_accept(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        doc = selectors.document_for(request.user, pk)
+    except NotFound:
+        raise Http404("No such document.") from None
+    ids = [int(i) for i in request.POST.getlist("ids") if i.isdigit()]
+    versions = {
+        i: int(request.POST.get(f"v{i}", "0")) for i in ids if request.POST.get(f"v{i}", "").isdigit()
+    }
+    accepted, refused = services.fields_bulk_accept(user=request.user, versions=versions)
+    ctx = _document_context(request, doc)
+    ctx["bulk_done"] = f"Accepted {accepted} field{'s' if accepted != 1 else ''}."
+    if refused:
+        ctx.update(error="Not accepted (changed meanwhile): " + "; ".join(refused), error_code="stale")
+    return render(request, "review/document.html#fields", ctx)
+
+
+@require_GET
+def queue_counts(request: HttpRequest) -> HttpResponse:
+    filters = selectors.QueueFilters.from_query(request.GET)
+    ctx = {
+        "counts": selectors.queue_counts(request.user, filters),
+        "filter_qs": urlencode(filters.as_query()),
+    }
+    return render(request, QUEUE_TEMPLATE + "#counts", ctx)
+
+
+@require_POST
 def release(request: HttpRequest, field_id: int) -> HttpResponse:
     services.queue_release(user=request.user, field_id=field_id)
     return HttpResponse(status=204)
@@ -163,7 +193,9 @@ def _document_context(request: HttpRequest, document: Document) -> dict[str, Any
         "fields": fields,
         "runs": document.runs.select_related("prompt_version").order_by("-started_at")[:10],
         "history": selectors.document_history(document)[:100],
-        "segments": _highlight_segments(document.text, fields),
+        "segments": _highlight_segments(
+            document.text, fields, document.pages if document.kind == "pdf" else None
+        ),
     }
 
 
@@ -191,8 +223,10 @@ def document_retry(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("document", pk=pk)
 
 
-def _highlight_segments(text: str, fields: list[FieldValue]) -> list[dict[str, Any]]:
-    """Split the text into plain and evidence segments so the template can mark spans (autoescaped)."""
+def _highlight_segments(
+    text: str, fields: list[FieldValue], pages: list[list[int]] | None = None
+) -> list[dict[str, Any]]:
+    """Split the text into plain, evidence and page-start segments for the template (autoescaped)."""
     spans = sorted(
         {
             (f.evidence_start, f.evidence_end, f.pk)
@@ -210,4 +244,24 @@ def _highlight_segments(text: str, fields: list[FieldValue]) -> list[dict[str, A
         out.append({"text": text[start:end], "field": fid})
         pos = end
     out.append({"text": text[pos:]})
+    return _with_page_breaks(out, pages or [])
+
+
+def _with_page_breaks(segments: list[dict[str, Any]], pages: list[list[int]]) -> list[dict[str, Any]]:
+    """Insert a marker where each PDF page starts, so reviewers read the text page by page."""
+    starts = {start: n for n, (start, _end) in enumerate(pages, 1)}
+    if len(starts) < 2:
+        return segments
+    out: list[dict[str, Any]] = []
+    pos = 0
+    for seg in segments:
+        cuts = sorted(s for s in starts if pos <= s < pos + len(seg["text"]) and "field" not in seg)
+        last = 0
+        for cut in cuts:
+            if cut - pos > last:
+                out.append({"text": seg["text"][last : cut - pos]})
+            out.append({"page": starts[cut], "text": ""})
+            last = cut - pos
+        out.append({**seg, "text": seg["text"][last:]})
+        pos += len(seg["text"])
     return out

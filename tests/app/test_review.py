@@ -199,3 +199,48 @@ def test_upload_in_the_browser_form(
     response = c.post("/documents/", {"workspace": workspace.pk, "document_type": "receipt", "text": "   "})
     assert response.status_code == 400
     assert "Choose a file or paste some text" in response.content.decode()
+
+
+def test_bulk_accept_accepts_the_selection_and_refuses_stale_ones(
+    make_document: Any, reviewer: Any, second_reviewer: Any
+) -> None:
+    doc = make_document()
+    open_fields = list(FieldValue.objects.filter(document=doc, status="needs_review"))
+    extra = FieldValue.objects.filter(document=doc).exclude(pk__in=[f.pk for f in open_fields]).first()
+    FieldValue.objects.filter(pk=extra.pk).update(status="needs_review")
+    stale = FieldValue.objects.get(pk=extra.pk)
+    services.field_decide(user=second_reviewer, field_id=stale.pk, action="reject", version=stale.version)
+    data = {"ids": [str(f.pk) for f in [*open_fields, stale]]}
+    data.update({f"v{f.pk}": str(f.version) for f in [*open_fields, stale]})
+    body = (
+        client_for(reviewer)
+        .post(f"/documents/{doc.pk}/bulk-accept/", data, HTTP_HX_REQUEST="true")
+        .content.decode()
+    )
+    assert f"Accepted {len(open_fields)} field" in body and 'data-code="stale"' in body
+    for f in open_fields:
+        f.refresh_from_db()
+        assert f.status == "accepted" and f.decisions.get().bulk
+    stale.refresh_from_db()
+    assert stale.status == "rejected" and stale.reviewer == second_reviewer
+
+
+def test_counts_fragment_for_live_updates(make_document: Any, reviewer: Any) -> None:
+    make_document()
+    open_now = FieldValue.objects.filter(status="needs_review").count()
+    body = client_for(reviewer).get("/queue/counts/?type=receipt", HTTP_HX_REQUEST="true").content.decode()
+    assert f'<strong data-testid="open-count">{open_now}</strong>' in body
+    assert 'hx-trigger="every 10s"' in body and "type=receipt" in body
+
+
+def test_pdf_text_is_shown_page_by_page(reviewer: Any, workspace: Any, receipt_type: Any) -> None:
+    from tests.core.test_documents import make_pdf
+
+    data = make_pdf([["ACME STORES LTD", "Date: 2024-03-12"], ["TOTAL: 12.50 EUR"]])
+    doc = services.document_create(
+        workspace=workspace, document_type=receipt_type, user=None, data=data, filename="r.pdf"
+    ).document
+    assert doc.kind == "pdf" and len(doc.pages) == 2
+    body = client_for(reviewer).get(f"/documents/{doc.pk}/").content.decode()
+    assert '<span class="page-break">page 2</span>' in body
+    assert body.index("page 2") < body.index("TOTAL: 12.50 EUR")

@@ -179,3 +179,25 @@ def test_queue_works_at_tablet_width(new_page: Any, make_document: Any, reviewer
     wait_for_new_item(page, item.pk)
     item.refresh_from_db()
     assert item.status == "accepted"
+
+
+def test_bulk_accept_asks_for_confirmation(new_page: Any, make_document: Any, reviewer: Any) -> None:
+    doc = make_document()
+    open_ids = list(
+        FieldValue.objects.filter(document=doc, status="needs_review").values_list("pk", flat=True)
+    )
+    page = new_page()
+    login(page, "rita", PASSWORD_OF["rita"])
+    page.goto(f"/documents/{doc.pk}/")
+    for pk in open_ids:
+        page.check(f"#f{pk} input[type=checkbox]")
+    page.once("dialog", lambda dialog: dialog.dismiss())  # first: the reviewer changes their mind
+    page.click("#btn-bulk-accept")
+    page.wait_for_timeout(300)
+    assert FieldValue.objects.filter(pk__in=open_ids, status="needs_review").count() == len(open_ids)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#btn-bulk-accept")
+    page.wait_for_selector(".flash.ok")
+    assert FieldValue.objects.filter(pk__in=open_ids, status="accepted").count() == len(open_ids)
+    doc.refresh_from_db()
+    assert doc.status == "reviewed"
