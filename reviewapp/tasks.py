@@ -1,3 +1,3 @@
 """Celery task modules of the web app, imported here so that autodiscovery registers them."""
 
-from . import webhooks  # noqa: F401
+from . import evaluation, webhooks  # noqa: F401
