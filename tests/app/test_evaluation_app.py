@@ -197,7 +197,15 @@ def test_evaluate_command_reextracts_gold_and_prints_one_json_object(
 def test_evaluate_command_limit_and_text_output(reviewed_receipt: Document) -> None:
     out = io.StringIO()
     call_command(
-        "evaluate", "--type", "receipt", "--prompt-version", "receipt-extract v1", "--limit", "1", "--wait", stdout=out
+        "evaluate",
+        "--type",
+        "receipt",
+        "--prompt-version",
+        "receipt-extract v1",
+        "--limit",
+        "1",
+        "--wait",
+        stdout=out,
     )
     text = out.getvalue()
     assert ": done" in text and re.search(r"^overall\s+3\s+33\.3%", text, re.M), text
