@@ -18,23 +18,29 @@ log = logging.getLogger(__name__)
 
 @shared_task(bind=True, acks_late=True, name="extraction.tasks.extract_document")
 def extract_document(self, document_id: int) -> str:
-    from reviewapp import services
+    from reviewapp import services, webhooks
     from reviewapp.models import Document
 
     token = self.request.id or f"inline-{document_id}"
     try:
         outcome = services.extraction_execute(document_id=document_id, token=token)
     except SoftTimeLimitExceeded:
-        Document.objects.filter(pk=document_id, status=Document.Status.EXTRACTING, claim_token=token).update(
+        if Document.objects.filter(
+            pk=document_id, status=Document.Status.EXTRACTING, claim_token=token
+        ).update(
             status=Document.Status.FAILED, status_reason="timeout: extraction took longer than the time limit"
-        )
+        ):
+            webhooks.emit(document_id, "document.failed")
         return "failed"
     except Exception as exc:
         # A bug or an outage we did not foresee: the document must not stay 'extracting' forever.
         log.exception("extraction of document %s crashed", document_id)
-        Document.objects.filter(pk=document_id, status=Document.Status.EXTRACTING, claim_token=token).update(
+        if Document.objects.filter(
+            pk=document_id, status=Document.Status.EXTRACTING, claim_token=token
+        ).update(
             status=Document.Status.FAILED, status_reason=f"internal_error: {type(exc).__name__}: {exc}"[:4000]
-        )
+        ):
+            webhooks.emit(document_id, "document.failed")
         raise
     log.info("document %s: %s", document_id, outcome)
     return outcome

@@ -14,9 +14,14 @@ from .models import Document, DocumentType, FieldValue, Membership, Workspace
 
 
 def workspace_ids(user: Any) -> list[int]:
-    """Return the ids of the workspaces `user` belongs to (all of them for a superuser)."""
+    """Return the ids of the workspaces `user` may see: all for a superuser, one for an API key."""
     if not getattr(user, "is_authenticated", False):
         return []
+    # An API-key principal is its creator narrowed to the key's workspace (set by ApiKeyAuthentication):
+    # the key must never reach further than that, even when its creator is a superuser.
+    scoped = getattr(user, "api_workspace_ids", None)
+    if scoped is not None:
+        return list(scoped)
     if user.is_superuser:
         return list(Workspace.objects.values_list("id", flat=True))
     return list(Membership.objects.filter(user=user).values_list("workspace_id", flat=True))

@@ -253,6 +253,23 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Upload documents, poll their extraction, read and review the fields.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "DocumentStatusEnum": "reviewapp.models.Document.Status",
+        "RunStatusEnum": "reviewapp.models.ExtractionRun.Status",
+        "FieldStatusEnum": "reviewapp.models.FieldValue.Status",
+        "DeliveryStatusEnum": "reviewapp.models.WebhookDelivery.Status",
+    },
+}
+# Webhook targets on private/loopback addresses are refused in production (SSRF); tests deliver to 127.0.0.1.
+REVIEWAPP_WEBHOOK_BLOCK_PRIVATE = env_bool(
+    "REVIEWAPP_WEBHOOK_BLOCK_PRIVATE", not (EMBEDDED or DEBUG or TESTING)
+)
+# Throttle counters must be shared by every web process: Redis when it is there.
+REVIEWAPP_CACHE_URL = env_str("REVIEWAPP_CACHE_URL") or REVIEWAPP_REDIS_URL
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REVIEWAPP_CACHE_URL}
+    if REVIEWAPP_CACHE_URL and not TESTING
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 
 LOGGING = {

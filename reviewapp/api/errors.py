@@ -29,7 +29,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return None
     if isinstance(exc, exceptions.ValidationError):
         return error_response("invalid", "The request is invalid.", response.status_code, response.data)
-    code = getattr(exc, "default_code", "error")
+    # The code given when raised (e.g. "revoked_api_key", "insufficient_scope"), else the class default.
+    codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else None
+    code = codes if isinstance(codes, str) else getattr(exc, "default_code", "error")
     detail = response.data.get("detail", str(exc)) if isinstance(response.data, dict) else str(exc)
     resp = error_response(str(code), str(detail), response.status_code)
     for header in ("Retry-After", "WWW-Authenticate"):

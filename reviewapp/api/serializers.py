@@ -9,7 +9,29 @@ from rest_framework import serializers
 
 from extraction.schemas import extraction_json_schema
 
-from ..models import Document, DocumentType, FieldValue
+from .. import webhooks
+from ..models import (
+    ApiKey,
+    Document,
+    DocumentType,
+    ExtractionRun,
+    FieldValue,
+    LLMCall,
+    WebhookDelivery,
+    WebhookSubscription,
+)
+
+
+class ErrorDetail(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, machine-readable: `not_found`, `stale`, `invalid`, …")
+    message = serializers.CharField()
+    details = serializers.DictField(help_text="Per-field errors for `invalid`; context otherwise.")
+
+
+class ErrorOut(serializers.Serializer):
+    """The one error shape of the API."""
+
+    error = ErrorDetail()
 
 
 class FieldOut(serializers.ModelSerializer):
@@ -81,10 +103,21 @@ class DocumentListOut(DocumentOut):
         fields = [f for f in DocumentOut.Meta.fields if f != "fields"]
 
 
+class DocumentCreatedOut(DocumentOut):
+    duplicate_of = serializers.IntegerField(
+        allow_null=True, help_text="The earlier document of this workspace with the same bytes (SHA-256)."
+    )
+
+    class Meta(DocumentOut.Meta):
+        fields = [*DocumentOut.Meta.fields, "duplicate_of"]
+
+
 class DocumentIn(serializers.Serializer):
-    document_type = serializers.SlugField()
-    workspace = serializers.SlugField(required=False)
-    file = serializers.FileField(required=False)
+    document_type = serializers.SlugField(help_text="Slug of the document type, e.g. `invoice`.")
+    workspace = serializers.SlugField(
+        required=False, help_text="Needed only when you belong to several workspaces."
+    )
+    file = serializers.FileField(required=False, help_text="The document (multipart only).")
     text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     filename = serializers.CharField(required=False, max_length=200)
 
@@ -92,6 +125,28 @@ class DocumentIn(serializers.Serializer):
         if not attrs.get("file") and attrs.get("text") is None:
             raise serializers.ValidationError("Send a `file` (multipart) or `text`.")
         return attrs
+
+
+class DocumentTextIn(serializers.Serializer):
+    """The JSON form of a create: the document's text instead of a file."""
+
+    document_type = serializers.SlugField(help_text="Slug of the document type, e.g. `invoice`.")
+    workspace = serializers.SlugField(
+        required=False, help_text="Needed only when you belong to several workspaces."
+    )
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    filename = serializers.CharField(required=False, max_length=200)
+
+
+class DocumentFilterIn(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Document.Status.choices, required=False)
+    document_type = serializers.SlugField(required=False, help_text="Slug of the document type.")
+    workspace = serializers.SlugField(required=False)
+    needs_review = serializers.BooleanField(
+        required=False, allow_null=True, default=None, help_text="true: only documents waiting for review."
+    )
+    created_after = serializers.DateTimeField(required=False, help_text="ISO 8601, inclusive.")
+    created_before = serializers.DateTimeField(required=False, help_text="ISO 8601, exclusive.")
 
 
 class DecisionIn(serializers.Serializer):
@@ -114,3 +169,156 @@ class DocumentTypeOut(serializers.ModelSerializer):
 
     def get_json_schema(self, obj: DocumentType) -> dict[str, Any]:
         return extraction_json_schema(obj.to_schema())
+
+
+class RunOut(serializers.ModelSerializer):
+    prompt_version = serializers.CharField(source="prompt_version.label")
+    cost_usd = serializers.DecimalField(max_digits=12, decimal_places=6, coerce_to_string=True)
+
+    class Meta:
+        model = ExtractionRun
+        fields = [
+            "id",
+            "document",
+            "prompt_version",
+            "arm",
+            "model_requested",
+            "model_answered",
+            "status",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "attempts",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "cost_usd",
+            "verify_score",
+            "chunks",
+            "dropped_fields",
+            "error_code",
+            "error_message",
+        ]
+
+
+class CallOut(serializers.ModelSerializer):
+    cost_usd = serializers.DecimalField(max_digits=12, decimal_places=6, coerce_to_string=True)
+    messages = serializers.JSONField(help_text="PII-redacted when the workspace asks for it.")
+    repairs = serializers.JSONField()
+
+    class Meta:
+        model = LLMCall
+        fields = [
+            "id",
+            "run",
+            "document",
+            "step",
+            "attempt",
+            "chunk",
+            "prompt_version",
+            "model_alias",
+            "model_requested",
+            "model_answered",
+            "output_mode",
+            "messages",
+            "raw_response",
+            "parse_status",
+            "repairs",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "cost_usd",
+            "latency_ms",
+            "ttft_ms",
+            "near_limit",
+            "error_class",
+            "error_message",
+            "created_at",
+        ]
+
+
+class RunFilterIn(serializers.Serializer):
+    document = serializers.IntegerField(required=False, min_value=1)
+    status = serializers.ChoiceField(choices=ExtractionRun.Status.choices, required=False)
+
+
+class WebhookSubscriptionIn(serializers.Serializer):
+    url = serializers.URLField(max_length=500)
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=webhooks.EVENTS), min_length=1, max_length=len(webhooks.EVENTS)
+    )
+    workspace = serializers.SlugField(required=False, help_text="Needed only when you administer several.")
+
+    def validate_url(self, value: str) -> str:
+        problem = webhooks.check_url(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
+
+
+class WebhookSubscriptionOut(serializers.ModelSerializer):
+    workspace = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    events = serializers.ListField(child=serializers.CharField())
+
+    class Meta:
+        model = WebhookSubscription
+        fields = ["id", "workspace", "url", "events", "active", "created_at"]
+
+
+class WebhookSubscriptionCreatedOut(WebhookSubscriptionOut):
+    secret = serializers.CharField(help_text="The signing secret. Shown once: store it now.")
+
+    class Meta(WebhookSubscriptionOut.Meta):
+        fields = [*WebhookSubscriptionOut.Meta.fields, "secret"]
+
+
+class WebhookDeliveryOut(serializers.ModelSerializer):
+    payload = serializers.JSONField()
+
+    class Meta:
+        model = WebhookDelivery
+        fields = [
+            "id",
+            "subscription",
+            "event",
+            "payload",
+            "status",
+            "attempts",
+            "last_status_code",
+            "last_error",
+            "created_at",
+            "delivered_at",
+        ]
+
+
+class ApiKeyIn(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    scopes = serializers.MultipleChoiceField(choices=ApiKey.Scope.choices)
+    workspace = serializers.SlugField(required=False, help_text="Needed only when you administer several.")
+
+
+class ApiKeyOut(serializers.ModelSerializer):
+    workspace = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    scopes = serializers.ListField(child=serializers.CharField())
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id",
+            "workspace",
+            "name",
+            "prefix",
+            "scopes",
+            "created_by",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        ]
+
+
+class ApiKeyCreatedOut(ApiKeyOut):
+    key = serializers.CharField(help_text="The key. Shown once: store it now; only its hash is kept.")
+
+    class Meta(ApiKeyOut.Meta):
+        fields = [*ApiKeyOut.Meta.fields, "key"]

@@ -103,3 +103,12 @@ def test_openapi_schema_is_served(reviewer: Any) -> None:
     response = api(reviewer).get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert response.status_code == 200
     assert "/api/v1/documents/" in response.json()["paths"]
+
+
+def test_unknown_api_paths_answer_json_404_even_to_a_post_with_a_cookie(reviewer: Any) -> None:
+    c = api(reviewer)
+    c.cookies["sessionid"] = "whatever"  # a cookie would bring Django's HTML CSRF page on a plain view
+    for response in [c.get("/api/v1/documents/-1/"), c.post("/api/v1/fields/null,null/accept/")]:
+        assert response.status_code == 404
+        assert response["Content-Type"] == "application/json"
+        assert response.json()["error"]["code"] == "not_found"
