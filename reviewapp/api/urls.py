@@ -4,7 +4,7 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from . import views
+from . import evaluations, views
 
 # The API authenticates each request itself (API key, token or session) and answers 401/403 in JSON, so
 # Django's LoginRequiredMiddleware must not redirect it to the login page.
@@ -28,6 +28,9 @@ urlpatterns = [
     path("fields/<int:pk>/reject/", _open(views.FieldReject.as_view()), name="api-field-reject"),
     path("document-types/", _open(views.DocumentTypeList.as_view()), name="api-document-types"),
     path("document-types/<slug:slug>/", _open(views.DocumentTypeDetail.as_view()), name="api-document-type"),
+    path("evaluations/", _open(evaluations.EvaluationCreate.as_view()), name="api-evaluations"),
+    path("evaluations/<int:pk>/", _open(evaluations.EvaluationDetail.as_view()), name="api-evaluation"),
+    path("document-types/<slug:slug>/gold/", _open(evaluations.GoldExport.as_view()), name="api-gold"),
     path("runs/", _open(views.RunList.as_view()), name="api-runs"),
     path("runs/<int:pk>/", _open(views.RunDetail.as_view()), name="api-run"),
     path("runs/<int:pk>/calls/", _open(views.RunCalls.as_view()), name="api-run-calls"),

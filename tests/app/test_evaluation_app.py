@@ -496,3 +496,40 @@ def test_queue_page_shows_the_drift_banner(drifting_company: DocumentType, revie
 
 def test_no_drift_banner_without_drift(reviewed_receipt: Document, reviewer: Any) -> None:
     assert 'data-testid="drift-banner"' not in admin_client(reviewer).get("/").content.decode()
+
+
+def test_evaluations_and_gold_through_the_api(
+    reviewed_receipt: Document, admin_user: Any, reviewer: Any
+) -> None:
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    staff = APIClient()
+    staff.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=admin_user).key}")
+    plain = APIClient()
+    plain.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=reviewer).key}")
+
+    gold = staff.get("/api/v1/document-types/receipt/gold/?as=jsonl")
+    assert gold.status_code == 200 and gold["Content-Type"] == "application/x-ndjson"
+    rows = [json.loads(line) for line in gold.content.decode().splitlines()]
+    assert rows and {r["document"] for r in rows} == {reviewed_receipt.pk}
+    assert (
+        staff.get("/api/v1/document-types/receipt/gold/?as=csv")
+        .content.decode()
+        .startswith("field_value,document,")
+    )
+    assert plain.get("/api/v1/document-types/receipt/gold/").status_code == 403  # gold spans workspaces
+
+    created = staff.post(
+        "/api/v1/evaluations/",
+        {"document_type": "receipt", "prompt_version": "receipt-extract v1"},
+        format="json",
+    )
+    assert created.status_code == 201 and created.json()["prompt_version"] == "receipt-extract v1"
+    bad = staff.post(
+        "/api/v1/evaluations/", {"document_type": "receipt", "prompt_version": "v9"}, format="json"
+    )
+    assert bad.status_code == 404
+    ev.evaluation_execute(evaluation_id=created.json()["id"])
+    body = staff.get(f"/api/v1/evaluations/{created.json()['id']}/").json()
+    assert body["status"] == "done" and "overall" in body["report"] and "items" not in body["report"]
