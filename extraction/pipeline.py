@@ -41,6 +41,7 @@ class PipelineOptions:
     classify: bool = True
     verify: bool = True
     extract_aliases: list[str] | None = None  # an A/B arm or an evaluation may pin the extract model
+    examples: list[dict[str, Any]] = field(default_factory=list)  # few-shot: past corrections
 
 
 @dataclass
@@ -233,6 +234,7 @@ class Pipeline:
                 instructions=options.instructions,
                 feedback=feedback,
                 chunk=(chunk.index, len(chunks)) if len(chunks) > 1 else None,
+                examples=options.examples,
             )
             completion = self._call(
                 "extract",

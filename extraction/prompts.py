@@ -71,6 +71,7 @@ def extract_messages(
     instructions: str = "",
     feedback: str | None = None,
     chunk: tuple[int, int] | None = None,
+    examples: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, str]]:
     lines = [
         f"# {label}",
@@ -91,6 +92,9 @@ def extract_messages(
         )
     if instructions:
         lines += ["Additional instructions:", instructions]
+    if examples:
+        shown = [{k: e.get(k) for k in ("field", "text", "wrong", "right")} for e in examples]
+        lines += ["Mistakes reviewers corrected before (text is an excerpt of that document):", _fence(shown)]
     if feedback:
         lines += ["A reviewer model checked your previous answer and said:", feedback, "Fix these problems."]
     return [{"role": "system", "content": "\n".join(lines)}, {"role": "user", "content": _document(text)}]

@@ -252,7 +252,17 @@ class PromptVersionAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: PromptVersion | None = None) -> list[str]:
         # A version that produced data is evidence: changing it would falsify every run that cites it.
-        return ["document_type", "version", "instructions", "model_alias"] if obj and obj.locked else []
+        locked = ["document_type", "version", "instructions", "model_alias", "few_shot_count"]
+        return [*locked, "examples"] if obj and obj.locked else ["examples"]
+
+    def save_model(self, request: HttpRequest, obj: PromptVersion, form: Any, change: bool) -> None:
+        if not change and obj.few_shot_count:
+            from . import services
+
+            obj.examples = services.prompt_examples_choose(
+                document_type=obj.document_type, count=obj.few_shot_count
+            )
+        super().save_model(request, obj, form, change)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[PromptVersion]:
         return super().get_queryset(request).select_related("document_type")

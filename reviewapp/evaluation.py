@@ -207,10 +207,13 @@ def evaluation_enqueue(evaluation: Evaluation) -> None:
     transaction.on_commit(lambda: run_evaluation.delay(pk))
 
 
-def _gold_by_document(document_type: DocumentType, limit: int | None) -> dict[int, list[FieldValue]]:
+def _gold_by_document(
+    document_type: DocumentType, limit: int | None, exclude_documents: set[int] | frozenset[int] = frozenset()
+) -> dict[int, list[FieldValue]]:
     by_doc: dict[int, list[FieldValue]] = defaultdict(list)
     for fv in gold_set(document_type):
-        by_doc[fv.document_id].append(fv)
+        if fv.document_id not in exclude_documents:  # a prompt's few-shot sources would be seen answers
+            by_doc[fv.document_id].append(fv)
     ids = sorted(by_doc)  # oldest documents first, so two evaluations with one limit share their gold
     if limit:
         ids = ids[:limit]
@@ -290,7 +293,7 @@ def evaluation_execute(*, evaluation_id: int) -> str:
 def _evaluate(evaluation: Evaluation) -> dict[str, Any]:
     document_type = evaluation.document_type
     specs = _specs(document_type)
-    gold = _gold_by_document(document_type, evaluation.limit)
+    gold = _gold_by_document(document_type, evaluation.limit, evaluation.prompt_version.example_document_ids)
     documents = Document.objects.in_bulk(list(gold))
     observations: list[maths.Observation] = []
     stats: list[maths.DocStat] = []

@@ -143,6 +143,12 @@ class PromptVersion(models.Model):
         blank=True,
         help_text="Model alias from the LLM config; blank: the config's extract task.",
     )
+    few_shot_count = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Include this many corrected examples from reviewers, chosen when the version is created.",
+    )
+    # Frozen at creation so the version stays immutable; evaluations leave their documents out of the gold.
+    examples = models.JSONField(default=list, blank=True, editable=False)
     locked = models.BooleanField(default=False, editable=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -160,6 +166,10 @@ class PromptVersion(models.Model):
     def label(self) -> str:
         """Return the explicit version label also written into the system prompt, e.g. `invoice-extract v3`."""
         return f"{self.document_type.slug}-extract v{self.version}"
+
+    @property
+    def example_document_ids(self) -> set[int]:
+        return {int(e["document"]) for e in self.examples or [] if e.get("document") is not None}
 
     def lock(self) -> None:
         if not self.locked:

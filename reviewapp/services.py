@@ -203,6 +203,47 @@ def active_prompt(document_type: DocumentType) -> PromptVersion:
     return prompt
 
 
+def prompt_examples_choose(*, document_type: DocumentType, count: int) -> list[dict[str, Any]]:
+    """Return up to `count` instructive corrections for a new prompt version's few-shot block.
+
+    Instructive means confidently wrong: corrected fields with the highest model confidence, at most one
+    per document, spread over the fields in turn.
+    """
+    if count <= 0:
+        return []
+    corrected = (
+        FieldValue.objects.filter(
+            field_spec__document_type=document_type, status=FieldValue.Status.CORRECTED, gold_excluded=False,
+            run__evaluation__isnull=True,
+        )
+        .select_related("field_spec", "document")
+        .order_by("-model_confidence", "-id")[: count * 20]
+    )  # fmt: skip
+    per_field: dict[str, list[FieldValue]] = {}
+    for fv in corrected:
+        per_field.setdefault(fv.field_spec.name, []).append(fv)
+    chosen: list[dict[str, Any]] = []
+    used_docs: set[int] = set()
+    while len(chosen) < count and any(per_field.values()):
+        for name in list(per_field):
+            queue = per_field[name]
+            while queue and queue[0].document_id in used_docs:
+                queue.pop(0)
+            if not queue or len(chosen) >= count:
+                continue
+            fv = queue.pop(0)
+            used_docs.add(fv.document_id)
+            lo = max(0, (fv.evidence_start or 0) - 150)
+            excerpt = (
+                fv.document.text[lo : (fv.evidence_end or lo) + 150]
+                if fv.evidence_start is not None
+                else fv.document.text[:300]
+            )
+            chosen.append({"field": name, "text": excerpt, "wrong": fv.value, "right": fv.final_value,
+                           "document": fv.document_id, "field_value": fv.pk})  # fmt: skip
+    return chosen
+
+
 def route_prompt(document_type: DocumentType, *, draw: float | None = None) -> tuple[PromptVersion, str]:
     """Return the prompt version for a new run and its A/B arm ("active" or "candidate")."""
     candidate = document_type.candidate_prompt
@@ -312,6 +353,7 @@ def run_pipeline(
         verify_threshold=doc_type.verify_threshold,
         max_attempts=doc_type.max_attempts,
         extract_aliases=[alias] if alias else None,
+        examples=[e for e in prompt.examples if e.get("document") != document.pk],
     )
     try:
         result = Pipeline(llm.gateway()).run(

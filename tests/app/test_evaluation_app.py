@@ -533,3 +533,38 @@ def test_evaluations_and_gold_through_the_api(
     ev.evaluation_execute(evaluation_id=created.json()["id"])
     body = staff.get(f"/api/v1/evaluations/{created.json()['id']}/").json()
     assert body["status"] == "done" and "overall" in body["report"] and "items" not in body["report"]
+
+
+def test_a_few_shot_prompt_version_learns_from_corrections_but_never_sees_its_own_gold(
+    reviewed_receipt: Document, receipt_type: DocumentType, admin_user: Any, make_document: Any
+) -> None:
+    response = admin_client(admin_user).post(
+        "/admin/reviewapp/promptversion/add/",
+        {
+            "document_type": receipt_type.pk,
+            "version": 2,
+            "instructions": "",
+            "model_alias": "",
+            "few_shot_count": 3,
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    v2 = PromptVersion.objects.get(document_type=receipt_type, version=2)
+    assert [(e["field"], e["wrong"], e["right"], e["document"]) for e in v2.examples] == [
+        ("total", "23.10 MYR", "99.00 MYR", reviewed_receipt.pk)
+    ]
+    assert "TOTAL" in v2.examples[0]["text"]
+    DocumentType.objects.filter(pk=receipt_type.pk).update(active_prompt=v2)
+    other = make_document(RECEIPT + "\nref 2", filename="other.txt")
+    prompt = LLMCall.objects.get(document=other, step="extract").messages[0]["content"]
+    assert (
+        "# receipt-extract v2" in prompt
+        and "Mistakes reviewers corrected before" in prompt
+        and "99.00 MYR" in prompt
+    )
+    # Evaluating v2 must not score it on the document its example came from.
+    evaluation = ev.evaluation_create(document_type=receipt_type, prompt_version=v2, enqueue=False)
+    ev.evaluation_execute(evaluation_id=evaluation.pk)
+    evaluation.refresh_from_db()
+    assert reviewed_receipt.pk not in {item["document"] for item in evaluation.report.get("items", [])}
+    assert not ExtractionRun.objects.filter(evaluation=evaluation, document=reviewed_receipt).exists()
