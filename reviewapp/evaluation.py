@@ -720,8 +720,12 @@ def drift_series(
         FieldValue.objects.filter(
             field_spec__document_type=document_type,
             run__evaluation__isnull=True,
-            created_at__date__gte=start,
+            # a range on the column itself can use an index; __date__gte would wrap every row in a cast
+            created_at__gte=datetime.combine(
+                start, datetime.min.time(), tzinfo=timezone.get_current_timezone()
+            ),
         )
+        .order_by()  # FieldValue's default ordering would sort every row for nothing
         .annotate(day=TruncDate("created_at"))
         .values_list("field_spec__name", "day", "confidence", "status", "audit_sample")
     )

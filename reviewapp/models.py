@@ -358,6 +358,11 @@ class FieldValue(models.Model):
                 name="fv_queue",
                 condition=Q(status="needs_review"),
             ),
+            models.Index(
+                fields=["workspace", "created_at", "id"],
+                name="fv_queue_age",
+                condition=Q(status="needs_review"),
+            ),  # the queue sorted oldest first
             models.Index(fields=["document", "status"], name="fv_doc_status"),
             models.Index(fields=["field_spec", "status"], name="fv_spec_status"),
         ]

@@ -133,9 +133,31 @@ def queue_order(filters: QueueFilters) -> list[str]:
     return ["created_at", "id"] if filters.sort == "age" else ["confidence", "id"]
 
 
+def queue_candidates(
+    base: QuerySet[FieldValue], workspace_ids: list[int], order: list[str], n: int = 20
+) -> Any:
+    """Return (pk, *order) of the first `n` fields of `base` in queue order.
+
+    One index-ordered subquery per workspace, merged by UNION ALL: the partial indexes fv_queue and
+    fv_queue_age return one workspace's open fields in order, but for an IN list of several workspaces
+    PostgreSQL reads every open field and sorts them (358 ms instead of 0.2 ms at 1 M fields, see bench/).
+    """
+    parts = [
+        base.filter(workspace_id=w).order_by(*order).values_list("pk", *order)[:n] for w in workspace_ids
+    ]
+    if not parts:
+        return []
+    if len(parts) == 1:
+        return parts[0]
+    return parts[0].union(*parts[1:], all=True).order_by(*order)[:n]
+
+
+OPEN_COUNT_CAP = 1000  # "1000+": counting every open field costs a scan of all of them
+
+
 def queue_counts(user: Any, filters: QueueFilters | None = None) -> dict[str, int]:
     """Return the counts shown above the queue: open fields, and today's decisions by this user."""
-    open_count = open_fields(user, filters).count()
+    open_count = open_fields(user, filters).order_by()[: OPEN_COUNT_CAP + 1].count()
     since = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
     from .models import ReviewDecision
 

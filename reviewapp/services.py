@@ -597,7 +597,7 @@ def queue_claim_next(
     Two reviewers never get the same field: the claim is a conditional UPDATE that only succeeds while
     nobody else holds a live lease, retried on the next candidate when it loses the race.
     """
-    from .selectors import open_fields, queue_order
+    from .selectors import open_fields, queue_candidates, queue_order
 
     now = timezone.now()
     free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
@@ -611,7 +611,8 @@ def queue_claim_next(
     if mine is not None:
         FieldValue.objects.filter(pk=mine.pk).update(claim_expires_at=now + timedelta(seconds=lease_seconds))
         return mine
-    for candidate_id in base.order_by(*queue_order(filters)).values_list("pk", flat=True)[:20]:
+    ids = [filters.workspace] if filters.workspace is not None else workspace_ids(user)
+    for candidate_id, *_ in queue_candidates(base, ids, queue_order(filters)):
         won = FieldValue.objects.filter(
             Q(pk=candidate_id) & Q(status=FieldValue.Status.NEEDS_REVIEW) & free
         ).update(claimed_by=user, claim_expires_at=now + timedelta(seconds=lease_seconds))
