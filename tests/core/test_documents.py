@@ -289,7 +289,7 @@ def test_pdf_decompression_bomb_is_refused_quickly() -> None:
     pdf = make_pdf([["x"]], streams={0: (bomb, "/FlateDecode")})
     started = time.monotonic()
     assert error_code(pdf, "bomb.pdf") == "decompression_bomb"
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # a hang guard: inflating all 64 MB would take minutes
 
 
 def test_pdf_with_a_huge_text_stream_stays_within_limits() -> None:
@@ -302,7 +302,7 @@ def test_pdf_with_a_huge_text_stream_stays_within_limits() -> None:
     result = extract_text(pdf, "wordy.pdf", max_chars=20_000)
     assert len(result.text) == 20_000
     assert result.warnings == ["text truncated to 20000 characters (at page 1 of 1)"]
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # a hang guard: unbounded, pypdf takes minutes on this stream
 
 
 def test_pdf_with_too_many_operators_is_refused() -> None:

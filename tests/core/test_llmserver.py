@@ -193,7 +193,7 @@ def test_hang_times_out_quickly_without_blocking_other_requests(server: ls.Scrip
     started = time.monotonic()
     with pytest.raises(litellm.Timeout):
         complete(server, "openai/slow", timeout=0.5)
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 4.5  # well before the 5 s hang ends: the client timed out
 
     # the hang still holds its thread: another request must be served meanwhile
     assert complete(server, "openai/fast", timeout=2).choices[0].message.content == "quick"
@@ -223,7 +223,7 @@ def test_stop_aborts_a_hang_promptly() -> None:
     srv.stop()
     caller.join(timeout=5)
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4.5  # the held request was cut short, not waited out
     assert not caller.is_alive()
     assert outcome and isinstance(outcome[0], Exception)  # dropped, never answered
 
