@@ -40,3 +40,8 @@ bench: install-dev
 
 clean:
 	rm -rf $(VENV) db.sqlite3* media staticfiles .secret_key
+
+# Broker and database restarts under real gunicorn + celery processes, on a private Redis and PostgreSQL
+# cluster that the tests start, kill and restart themselves (never the shared ones). See docs/faults.md.
+faults: install-dev
+	$(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)

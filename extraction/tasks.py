@@ -12,6 +12,7 @@ from datetime import timedelta
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,13 @@ def extract_document(self, document_id: int) -> str:
     token = self.request.id or f"inline-{document_id}"
     try:
         outcome = services.extraction_execute(document_id=document_id, token=token)
+    except (OperationalError, InterfaceError) as exc:
+        # The database is unreachable: nothing about the document could be read or written. Retry the same
+        # task (same id: a redelivery may take its own claim back) once the outage is likely over, instead
+        # of failing a job whose message is then acked and gone until the watchdog finds the document.
+        countdown = min(2**self.request.retries, 60)
+        log.warning("document %s: database unavailable, retry in %ss: %s", document_id, countdown, exc)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=30) from exc
     except SoftTimeLimitExceeded:
         if Document.objects.filter(
             pk=document_id, status=Document.Status.EXTRACTING, claim_token=token

@@ -8,11 +8,20 @@ from collections.abc import Callable
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
-OUTAGES = (OperationalError, InterfaceError, BrokerError, ServiceUnavailable)
+OUTAGES = (
+    OperationalError,
+    InterfaceError,
+    BrokerError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ServiceUnavailable,
+)
 
 
 class ServiceUnavailableMiddleware:

@@ -10,10 +10,12 @@ registry is ready.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
+from redis.exceptions import RedisError
 from rest_framework import authentication, exceptions, permissions, throttling
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
@@ -152,7 +154,12 @@ class PrincipalRateThrottle(throttling.SimpleRateThrottle):
         if self.rate is None:
             return True
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
+        try:
+            return super().allow_request(request, view)
+        except RedisError:
+            # The counters live in Redis: when it is down, serve unthrottled rather than fail every request.
+            logging.getLogger(__name__).warning("rate-limit cache unavailable: not throttling", exc_info=True)
+            return True
 
     def get_cache_key(self, request: Request, view: Any) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.ident}
