@@ -102,18 +102,13 @@ def threshold_overview(
 ) -> list[dict[str, Any]]:
     """Return per field its gold count, curve chart and, given a target, the recommended threshold."""
     points = threshold_points(document_type)
+    policy = {"target_error": target_error, "confidence_level": confidence_level, "min_items": min_items}
     out = []
     for spec in document_type.fields.order_by("position", "id"):
         pts = points.get(spec.name, [])
         rec = None
         if target_error is not None:
-            rec = maths.recommend_threshold(
-                pts,
-                target_error=target_error,
-                confidence_level=confidence_level,
-                min_items=min_items,
-                current=spec.threshold,
-            )
+            rec = maths.recommend_threshold(pts, current=spec.threshold, **policy)
         out.append(
             {
                 "spec": spec,
@@ -145,13 +140,8 @@ def threshold_apply(
     with transaction.atomic():
         # Lock the spec: two admins applying at once must each record the from-value they replaced.
         spec = FieldSpec.objects.select_for_update().get(pk=field_spec.pk)
-        rec = maths.recommend_threshold(
-            pts,
-            target_error=target_error,
-            confidence_level=confidence_level,
-            min_items=min_items,
-            current=spec.threshold,
-        )
+        policy = {"target_error": target_error, "confidence_level": confidence_level, "min_items": min_items}
+        rec = maths.recommend_threshold(pts, current=spec.threshold, **policy)
         if not rec.sufficient:
             raise ThresholdNotApplied(rec.message, code="insufficient_gold")
         return threshold_set(spec=spec, to_value=rec.threshold, user=user, evidence=rec.to_dict())
