@@ -516,6 +516,7 @@ class EvaluationAdmin(admin.ModelAdmin):
         "model_alias",
         "limit",
         "status",
+        "attempts",
         "accuracy",
         "created_by",
         "created_at",
@@ -525,15 +526,31 @@ class EvaluationAdmin(admin.ModelAdmin):
     change_form_template = "admin/reviewapp/evaluation/change_form.html"
     actions = ["compare_selected"]
 
+    # What happened to the job: why it failed (the watchdog writes its reason here too), how many
+    # deliveries claimed it, when it last made progress.
+    RUN_FIELDS = [
+        "status",
+        "error_message",
+        "attempts",
+        "documents_done",
+        "created_by",
+        "created_at",
+        "started_at",
+        "heartbeat_at",
+        "finished_at",
+    ]
+
     def get_readonly_fields(self, request: HttpRequest, obj: Evaluation | None = None) -> list[str]:
-        base = ["status", "error_message", "created_by", "created_at", "finished_at"]
-        return ["document_type", "prompt_version", "model_alias", "limit", *base] if obj else []
+        return ["document_type", "prompt_version", "model_alias", "limit", *self.RUN_FIELDS] if obj else []
 
     def get_fields(self, request: HttpRequest, obj: Evaluation | None = None) -> list[str]:
         fields = ["document_type", "prompt_version", "model_alias", "limit"]
-        return (
-            [*fields, "status", "error_message", "created_by", "created_at", "finished_at"] if obj else fields
-        )
+        return [*fields, *self.RUN_FIELDS] if obj else fields
+
+    @admin.display(description="gold documents done")
+    def documents_done(self, obj: Evaluation) -> str:
+        progress = ev.evaluation_progress(obj)
+        return "—" if progress is None else f"{progress['done']} of {progress['documents']}"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Evaluation]:
         return super().get_queryset(request).select_related("document_type", "prompt_version", "created_by")

@@ -477,6 +477,13 @@ class Evaluation(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(default=_now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The watchdog's view (reviewapp.evaluation.runs): which delivery of the job runs it, how many have
+    # claimed it, when it last showed progress, and the documents done so far (so a retry resumes).
+    claim_token = models.CharField(max_length=64, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    progress = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

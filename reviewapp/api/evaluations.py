@@ -6,7 +6,7 @@ from typing import Any
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -30,11 +30,32 @@ class EvaluationOut(serializers.ModelSerializer):
     document_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     prompt_version = serializers.CharField(source="prompt_version.label", read_only=True)
     report = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField(
+        help_text="Gold documents planned and done so far while it runs (null before it starts and once done)."
+    )
 
     class Meta:
         model = Evaluation
         fields = ["id", "document_type", "prompt_version", "model_alias", "limit", "status", "report",
-                  "error_message", "created_at", "finished_at"]  # fmt: skip
+                  "error_message", "attempts", "progress", "created_at", "started_at", "heartbeat_at",
+                  "finished_at"]  # fmt: skip
+        extra_kwargs = {
+            "error_message": {"help_text": "Why it failed, e.g. `stuck: …` when the watchdog gave up on it."},
+            "attempts": {
+                "help_text": "Deliveries of its job that claimed it (a lost worker's job is retried)."
+            },
+            "heartbeat_at": {"help_text": "When it last made progress (a gold document finished)."},
+        }
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {"documents": {"type": "integer"}, "done": {"type": "integer"}},
+        }
+    )
+    def get_progress(self, obj: Evaluation) -> dict[str, int] | None:
+        return ev.evaluation_progress(obj)
 
     def get_report(self, obj: Evaluation) -> dict[str, Any]:
         # Per-item rows can be thousands long: the admin page shows them; the API gives the metrics.

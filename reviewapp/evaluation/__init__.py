@@ -7,7 +7,7 @@ the maths, and records every change it makes (ThresholdChange, PromotionEvent).
 | module | what |
 |---|---|
 | `gold` | the gold set (decided fields of production runs), its export and exclusions |
-| `runs` | evaluation runs: create, queue, execute (the Celery job `run_evaluation`) |
+| `runs` | evaluation runs: create, queue, execute (the Celery job `run_evaluation`), the watchdog |
 | `reports` | stored reports: rebuilt, compared, laid out as tables |
 | `thresholds` | threshold curves, the recommendation, audited threshold changes |
 | `ab` | the A/B arms compared on production runs |
@@ -51,7 +51,15 @@ from .reports import (
     report_from_dict,
     report_table,
 )
-from .runs import evaluation_create, evaluation_enqueue, evaluation_execute, run_evaluation
+from .runs import (
+    evaluation_create,
+    evaluation_enqueue,
+    evaluation_execute,
+    evaluation_progress,
+    evaluations_requeue_stuck,
+    requeue_stuck_evaluations,
+    run_evaluation,
+)
 from .thresholds import (
     CHART_H,
     CHART_W,
@@ -89,6 +97,8 @@ __all__ = [
     "evaluation_create",
     "evaluation_enqueue",
     "evaluation_execute",
+    "evaluation_progress",
+    "evaluations_requeue_stuck",
     "gold_exclude",
     "gold_export",
     "gold_items",
@@ -103,6 +113,7 @@ __all__ = [
     "prompt_rollback",
     "report_from_dict",
     "report_table",
+    "requeue_stuck_evaluations",
     "run_evaluation",
     "threshold_apply",
     "threshold_overview",
