@@ -59,3 +59,13 @@ def requeue_stuck_documents() -> dict[str, int]:
     from reviewapp import services
 
     return services.requeue_stuck(older_than=timedelta(seconds=settings.REVIEWAPP_STUCK_AFTER_SECONDS))
+
+
+@shared_task(name="extraction.tasks.purge_idempotency_records")
+def purge_idempotency_records() -> int:
+    """Delete the API's Idempotency-Key records past REVIEWAPP_IDEMPOTENCY_TTL_SECONDS (Celery beat)."""
+    from reviewapp.api import idempotency
+
+    deleted = idempotency.purge_expired()
+    log.info("purged %s expired idempotency records", deleted)
+    return deleted

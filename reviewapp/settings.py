@@ -208,6 +208,7 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE") or "reviewapp"
 CELERY_BEAT_SCHEDULE = {
     "requeue-stuck-documents": {"task": "extraction.tasks.requeue_stuck_documents", "schedule": 60.0},
     "requeue-stuck-evaluations": {"task": "reviewapp.evaluation.requeue_stuck_evaluations", "schedule": 60.0},
+    "purge-idempotency-records": {"task": "extraction.tasks.purge_idempotency_records", "schedule": 3600.0},
 }
 # The embedded mode: with the in-memory broker no other process can see the queue, so a worker thread
 # runs inside the process that serves (see reviewapp/worker.py).
@@ -225,6 +226,8 @@ REVIEWAPP_MAX_DELIVERIES = env_int("REVIEWAPP_MAX_DELIVERIES", 3)
 # watchdog re-queues it, or fails it once this many deliveries of its job have claimed it.
 REVIEWAPP_EVALUATION_STUCK_AFTER_SECONDS = env_int("REVIEWAPP_EVALUATION_STUCK_AFTER_SECONDS", 1800)
 REVIEWAPP_EVALUATION_MAX_ATTEMPTS = env_int("REVIEWAPP_EVALUATION_MAX_ATTEMPTS", 3)
+# How long an API Idempotency-Key is remembered (reviewapp/api/idempotency.py); older records are purged.
+REVIEWAPP_IDEMPOTENCY_TTL_SECONDS = env_int("REVIEWAPP_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
 REVIEWAPP_AUDIT_SAMPLE_RATE = env_float("REVIEWAPP_AUDIT_SAMPLE_RATE", 0.0)
 
 LANGFUSE_PUBLIC_KEY = env_str("LANGFUSE_PUBLIC_KEY") or ""

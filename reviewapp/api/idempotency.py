@@ -4,6 +4,10 @@ The record is inserted in the same transaction as the object it creates, so the 
 not at all. A second request with the same key while the first is still running waits on the unique
 index (PostgreSQL) and then replays the committed answer. A request that fails (4xx) rolls its record
 back: only successful responses are remembered, and a failed request may be retried with the same key.
+
+A key is kept for settings.REVIEWAPP_IDEMPOTENCY_TTL_SECONDS (24 hours by default). After that it is
+expired: a request with it is treated as new (the old record is deleted first), and the periodic job
+`extraction.tasks.purge_idempotency_records` (Celery beat) deletes expired records in batches.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -26,7 +32,27 @@ from .auth import api_key_of
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
-RETENTION = timedelta(hours=24)  # after this a key may be reused for a new request
+PURGE_BATCH = 5000  # rows per DELETE: short statements, short locks
+
+
+def retention() -> timedelta:
+    """How long a key is remembered; after this it may be reused for a new request."""
+    return timedelta(seconds=settings.REVIEWAPP_IDEMPOTENCY_TTL_SECONDS)
+
+
+def _expired(now: datetime | None = None) -> QuerySet[IdempotencyRecord]:
+    return IdempotencyRecord.objects.filter(created_at__lt=(now or timezone.now()) - retention())
+
+
+def purge_expired(*, now: datetime | None = None, batch: int = PURGE_BATCH) -> int:
+    """Delete the records older than the retention, `batch` rows per statement; return how many."""
+    expired = _expired(now).order_by("created_at")
+    deleted = 0
+    while True:
+        ids = list(expired.values_list("pk", flat=True)[:batch])
+        if not ids:
+            return deleted
+        deleted += IdempotencyRecord.objects.filter(pk__in=ids).delete()[0]
 
 
 class IdempotencyConflict(ReviewAppError):
@@ -77,14 +103,21 @@ def idempotent(request: Request, handler: Callable[[], Response]) -> Response:
     scope, fingerprint = _scope(request), request_fingerprint(request)
     with transaction.atomic():
         # An expired record frees its key: delete it first so the insert below can take the key.
-        IdempotencyRecord.objects.filter(
-            scope=scope, key=key, created_at__lt=timezone.now() - RETENTION
-        ).delete()
-        try:
-            with transaction.atomic():
-                record = IdempotencyRecord.objects.create(scope=scope, key=key, request_hash=fingerprint)
-        except IntegrityError:
-            return _replay(scope, key, fingerprint)
+        _expired().filter(scope=scope, key=key).delete()
+        for _ in range(2):
+            try:
+                with transaction.atomic():
+                    record = IdempotencyRecord.objects.create(scope=scope, key=key, request_hash=fingerprint)
+                break
+            except IntegrityError:
+                replay = _replay(scope, key, fingerprint)
+                if replay is not None:
+                    return replay
+                # The record that held the key expired and was purged in between: take the key now.
+        else:
+            raise IdempotencyConflict(
+                "A request with this key is still in progress.", code="idempotency_in_progress"
+            )
         response = handler()
         record.status_code = response.status_code
         record.response_body = response.data
@@ -92,8 +125,11 @@ def idempotent(request: Request, handler: Callable[[], Response]) -> Response:
     return response
 
 
-def _replay(scope: str, key: str, fingerprint: str) -> Response:
-    first = IdempotencyRecord.objects.get(scope=scope, key=key)
+def _replay(scope: str, key: str, fingerprint: str) -> Response | None:
+    """Return the first response for the key again; None when its record is gone (expired, purged)."""
+    first = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
+    if first is None:
+        return None
     if first.request_hash != fingerprint:
         raise IdempotencyConflict(
             f"This {HEADER} was already used with a different request body.",
