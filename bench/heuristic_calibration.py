@@ -29,65 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from extraction import heuristic  # noqa: E402
+from extraction.demo_types import SCHEMAS  # noqa: E402
 from extraction.normalize import display, values_equal  # noqa: E402
-from extraction.schemas import DocumentSchema, FieldSpec, FieldType  # noqa: E402
-
-# The two document types the demo seeds (reviewapp/demo.py; kept in sync with tests/core/test_heuristic.py).
-RECEIPT = DocumentSchema(
-    slug="receipt",
-    name="Receipt",
-    description="A till receipt from a shop or restaurant.",
-    fields=(
-        FieldSpec(
-            name="company", description="Name of the shop or company that issued the receipt", required=True
-        ),
-        FieldSpec(name="date", type=FieldType.DATE, description="Date of the purchase", required=True),
-        FieldSpec(name="address", description="Postal address of the shop", threshold=0.8),
-        FieldSpec(
-            name="total",
-            type=FieldType.MONEY,
-            description="Total amount paid, including tax",
-            required=True,
-            threshold=0.9,
-        ),
-    ),
-)
-INVOICE = DocumentSchema(
-    slug="invoice",
-    name="Invoice",
-    description="A supplier invoice asking for payment.",
-    fields=(
-        FieldSpec(name="invoice_number", description="The invoice number or reference", required=True),
-        FieldSpec(name="vendor", description="Name of the company that issued the invoice", required=True),
-        FieldSpec(
-            name="invoice_date", type=FieldType.DATE, description="Date the invoice was issued", required=True
-        ),
-        FieldSpec(name="due_date", type=FieldType.DATE, description="Date payment is due", threshold=0.8),
-        FieldSpec(
-            name="currency",
-            type=FieldType.ENUM,
-            description="Currency of the amounts",
-            threshold=0.8,
-            choices=("USD", "EUR", "GBP", "MYR"),
-        ),
-        FieldSpec(name="subtotal", type=FieldType.MONEY, description="Total before tax"),
-        FieldSpec(name="tax", type=FieldType.MONEY, description="Tax amount (VAT, GST, sales tax)"),
-        FieldSpec(
-            name="total",
-            type=FieldType.MONEY,
-            description="Total amount due, including tax",
-            required=True,
-            threshold=0.9,
-        ),
-        FieldSpec(
-            name="paid",
-            type=FieldType.BOOLEAN,
-            description="Whether the invoice is marked as paid",
-            threshold=0.9,
-        ),
-    ),
-)
-SCHEMAS = {"receipt": RECEIPT, "invoice": INVOICE}
 
 
 def load_text(path: Path) -> str:

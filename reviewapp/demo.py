@@ -10,37 +10,11 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from extraction.demo_types import TYPES  # the demo's types, shared with the offline model's tests and bench
+
 from .models import DocumentType, FieldSpec, Membership, PromptVersion, Workspace
 
 DEMO_PASSWORD = "demo-review-123"  # noqa: S105 - printed on screen for the local demo only
-
-TYPES: dict[str, dict[str, Any]] = {
-    "receipt": {
-        "name": "Receipt",
-        "description": "A till receipt from a shop or restaurant.",
-        "fields": [
-            ("company", "text", "Name of the shop or company that issued the receipt", True, 0.85, []),
-            ("date", "date", "Date of the purchase", True, 0.85, []),
-            ("address", "text", "Postal address of the shop", False, 0.8, []),
-            ("total", "money", "Total amount paid, including tax", True, 0.9, []),
-        ],
-    },
-    "invoice": {
-        "name": "Invoice",
-        "description": "A supplier invoice asking for payment.",
-        "fields": [
-            ("invoice_number", "text", "The invoice number or reference", True, 0.85, []),
-            ("vendor", "text", "Name of the company that issued the invoice", True, 0.85, []),
-            ("invoice_date", "date", "Date the invoice was issued", True, 0.85, []),
-            ("due_date", "date", "Date payment is due", False, 0.8, []),
-            ("currency", "enum", "Currency of the amounts", False, 0.8, ["USD", "EUR", "GBP", "MYR"]),
-            ("subtotal", "money", "Total before tax", False, 0.85, []),
-            ("tax", "money", "Tax amount (VAT, GST, sales tax)", False, 0.85, []),
-            ("total", "money", "Total amount due, including tax", True, 0.9, []),
-            ("paid", "boolean", "Whether the invoice is marked as paid", False, 0.9, []),
-        ],
-    },
-}
 
 
 @dataclass
