@@ -226,7 +226,11 @@ def build_plan(out: Path) -> None:
         schemas[slug] = DocumentSchema(
             slug=slug, name=spec["name"], description=spec["description"], fields=fields
         )
-    candidates = list(schemas.values())
+    # As services.classify_candidates gives them: by slug, names and descriptions only.
+    candidates = [
+        DocumentSchema(slug=s.slug, name=s.name, description=s.description, fields=())
+        for s in sorted(schemas.values(), key=lambda s: s.slug)
+    ]
     defaults = DocumentType()
 
     ops: list[tuple[str, Any]] = []

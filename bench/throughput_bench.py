@@ -465,11 +465,12 @@ LITELLM_ENTRY_POINTS = [
 ]
 
 STAGES = [  # (module[:class], attribute, label); nested stages are reported inside their parent too
-    ("reviewapp.services", "_claim", "services._claim (claim UPDATE + SELECT)"),
+    ("reviewapp.services", "_claim", "services._claim (claim UPDATE + SELECT + fields)"),
     ("reviewapp.services", "route_prompt", "services.route_prompt (active prompt)"),
     ("reviewapp.services", "run_pipeline", "services.run_pipeline (all indented below)"),
-    ("reviewapp.models:DocumentType", "to_schema", "  DocumentType.to_schema (fields query), 3/doc"),
-    ("reviewapp.services", "_store_call", "  services._store_call (LLMCall INSERT), 3/doc"),
+    ("reviewapp.models:DocumentType", "to_schema", "  DocumentType.to_schema (prefetched fields)"),
+    ("reviewapp.services", "classify_candidates", "  services.classify_candidates (cached)"),
+    ("reviewapp.services:CallLog", "add", "  CallLog.add (LLMCall rows held), 3/doc"),
     ("extraction.pipeline", "classify_messages", "  prompts.classify_messages"),
     ("extraction.pipeline", "extract_messages", "  prompts.extract_messages (2/doc)"),
     ("extraction.pipeline", "verify_messages", "  prompts.verify_messages"),
@@ -481,6 +482,7 @@ STAGES = [  # (module[:class], attribute, label); nested stages are reported ins
     ("extraction.breaker:CircuitBreaker", "allow", "    CircuitBreaker.allow (Redis HGETALL)"),
     ("extraction.breaker:CircuitBreaker", "record_success", "    CircuitBreaker.record_success (Redis)"),
     ("reviewapp.services", "_store_result", "services._store_result (results transaction)"),
+    ("reviewapp.services:CallLog", "flush", "  CallLog.flush (one LLMCall INSERT)"),
 ]
 
 

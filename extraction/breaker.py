@@ -2,6 +2,11 @@
 
 closed --(N consecutive failures)--> open --(cool-down elapsed)--> half-open: exactly one probe call is let
 through (an atomic SET NX decides who probes); its success closes the breaker, its failure re-opens it.
+
+With `closed_cache_seconds` > 0, a "closed, no failures" answer from the store is trusted for that long in
+this process, so a healthy model costs no store round trip per call (two Redis reads per call were 2 ms of
+CPU per document under load). Another worker's failures are then seen up to that much later, which is small
+next to the failure threshold and the cool-down; this process's own failures drop the cached answer at once.
 """
 
 from __future__ import annotations
@@ -124,11 +129,14 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         cooldown_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
+        closed_cache_seconds: float = 0.0,
     ) -> None:
         self.store = store
         self.failure_threshold = failure_threshold
         self.cooldown_seconds = cooldown_seconds
+        self.closed_cache_seconds = closed_cache_seconds
         self._clock = clock  # wall clock: the state is shared between machines
+        self._healthy_until: dict[str, float] = {}  # key -> monotonic deadline of a cached "closed, 0"
 
     def state(self, key: str) -> BreakerState:
         failures, opened_at = self.store.get(key)
@@ -138,10 +146,17 @@ class CircuitBreaker:
             return BreakerState(key, HALF_OPEN, failures, opened_at)
         return BreakerState(key, OPEN, failures, opened_at)
 
+    def _cached_healthy(self, key: str) -> bool:
+        return self._healthy_until.get(key, 0.0) > time.monotonic()
+
     def allow(self, key: str) -> bool:
         """Return whether a call to `key` may go out now (in half-open, only for the one probe)."""
+        if self._cached_healthy(key):
+            return True
         st = self.state(key)
         if st.state == CLOSED:
+            if st.failures == 0 and self.closed_cache_seconds > 0:
+                self._healthy_until[key] = time.monotonic() + self.closed_cache_seconds
             return True
         if st.state == OPEN:
             return False
@@ -149,11 +164,14 @@ class CircuitBreaker:
         return self.store.try_probe(key, self.cooldown_seconds)
 
     def record_success(self, key: str) -> None:
+        if self._cached_healthy(key):
+            return  # no failures were recorded here since the store said so
         failures, _ = self.store.get(key)
         if failures:
             self.store.reset(key)
 
     def record_failure(self, key: str) -> BreakerState:
+        self._healthy_until.pop(key, None)
         self.store.record_failure(key, self._clock(), self.failure_threshold)
         return self.state(key)
 

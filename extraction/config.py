@@ -64,6 +64,8 @@ class BreakerSettings(BaseModel):
 
     failure_threshold: int = Field(default=5, ge=1)
     cooldown_seconds: float = Field(default=30.0, gt=0)
+    # How long a worker trusts a "closed, no failures" state before asking the shared store again.
+    local_cache_seconds: float = Field(default=1.0, ge=0)
 
 
 class GatewaySettings(BaseModel):

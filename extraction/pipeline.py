@@ -8,8 +8,10 @@ PipelineError naming the step; nothing half-validated reaches the gate.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from .chunking import Chunk, split
@@ -20,6 +22,17 @@ from .prompts import CLASSIFY_VERSION, VERIFY_VERSION, classify_messages, extrac
 from .schemas import ClassifyResult, DocumentSchema, ExtractedField, VerifyResult, extraction_json_schema
 
 CLASSIFY_PREFIX_CHARS = 6000  # the classifier needs the head of a document, not all of it
+
+
+@cache
+def _schema_json(model: type[ClassifyResult] | type[VerifyResult]) -> str:
+    return json.dumps(model.model_json_schema())
+
+
+def _json_schema(model: type[ClassifyResult] | type[VerifyResult]) -> dict[str, Any]:
+    # Building a pydantic JSON schema costs about 1 ms; parsing the cached text gives each call its own
+    # copy (a provider adapter may edit the schema it is given) for a few microseconds.
+    return json.loads(_schema_json(model))
 
 
 class PipelineError(Exception):
@@ -178,7 +191,7 @@ class Pipeline:
             trace,
             messages=messages,
             prompt_version=CLASSIFY_VERSION,
-            json_schema=ClassifyResult.model_json_schema(),
+            json_schema=_json_schema(ClassifyResult),
             schema_name="classification",
         )
         try:
@@ -287,7 +300,7 @@ class Pipeline:
             messages=messages,
             prompt_version=VERIFY_VERSION,
             attempt=number,
-            json_schema=VerifyResult.model_json_schema(),
+            json_schema=_json_schema(VerifyResult),
             schema_name="verification",
         )
         try:

@@ -19,8 +19,7 @@ log = logging.getLogger(__name__)
 
 @shared_task(bind=True, acks_late=True, name="extraction.tasks.extract_document")
 def extract_document(self, document_id: int) -> str:
-    from reviewapp import services, webhooks
-    from reviewapp.models import Document
+    from reviewapp import services
 
     token = self.request.id or f"inline-{document_id}"
     try:
@@ -33,22 +32,22 @@ def extract_document(self, document_id: int) -> str:
         log.warning("document %s: database unavailable, retry in %ss: %s", document_id, countdown, exc)
         raise self.retry(exc=exc, countdown=countdown, max_retries=30) from exc
     except SoftTimeLimitExceeded:
-        if Document.objects.filter(
-            pk=document_id, status=Document.Status.EXTRACTING, claim_token=token
-        ).update(
-            status=Document.Status.FAILED, status_reason="timeout: extraction took longer than the time limit"
-        ):
-            webhooks.emit(document_id, "document.failed")
+        services.extraction_abort(
+            document_id=document_id,
+            token=token,
+            code="timeout",
+            message="extraction took longer than the time limit",
+        )
         return "failed"
     except Exception as exc:
         # A bug or an outage we did not foresee: the document must not stay 'extracting' forever.
         log.exception("extraction of document %s crashed", document_id)
-        if Document.objects.filter(
-            pk=document_id, status=Document.Status.EXTRACTING, claim_token=token
-        ).update(
-            status=Document.Status.FAILED, status_reason=f"internal_error: {type(exc).__name__}: {exc}"[:4000]
-        ):
-            webhooks.emit(document_id, "document.failed")
+        services.extraction_abort(
+            document_id=document_id,
+            token=token,
+            code="internal_error",
+            message=f"{type(exc).__name__}: {exc}",
+        )
         raise
     log.info("document %s: %s", document_id, outcome)
     return outcome

@@ -19,6 +19,8 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F, Q
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
@@ -27,6 +29,7 @@ from extraction.gateway import CallRecord, Trace
 from extraction.normalize import InvalidValue, normalize, values_equal
 from extraction.pipeline import Pipeline, PipelineError, PipelineOptions, PipelineResult
 from extraction.redaction import redact
+from extraction.schemas import DocumentSchema
 from extraction.tracing import LangfuseSettings, export_run
 
 from . import llm, webhooks
@@ -146,7 +149,8 @@ def _claim(document_id: int, token: str) -> Document | None:
 
     The conditional UPDATE is the lock: of two workers racing for a queued document only one changes the
     row. A redelivery of the same task (same id, after a worker died) may take its own claim back, and a
-    claim older than the stuck timeout is up for grabs.
+    claim older than the stuck timeout is up for grabs. The document comes back with everything the run
+    reads (type, fields, active prompt, workspace), so the run itself makes no further reads.
     """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.REVIEWAPP_STUCK_AFTER_SECONDS)
@@ -162,14 +166,18 @@ def _claim(document_id: int, token: str) -> Document | None:
     )
     if not changed:
         return None
-    return Document.objects.select_related("document_type", "workspace").get(pk=document_id)
+    return (
+        Document.objects.select_related("document_type__active_prompt", "workspace")
+        .prefetch_related("document_type__fields")
+        .get(pk=document_id)
+    )
 
 
-def _store_call(run: ExtractionRun, pii: bool, record: CallRecord) -> None:
+def _call_row(run: ExtractionRun, pii: bool, record: CallRecord) -> LLMCall:
     messages = record.messages
     if pii:
         messages = [{**m, "content": redact(str(m.get("content", "")))} for m in messages]
-    LLMCall.objects.create(
+    return LLMCall(
         run=run,
         document_id=run.document_id,
         step=record.step,
@@ -196,10 +204,42 @@ def _store_call(run: ExtractionRun, pii: bool, record: CallRecord) -> None:
     )
 
 
+class CallLog:
+    """Writes a run's LLMCall rows: at once, or (`batch=True`) in one INSERT when the run ends.
+
+    Batching saves an INSERT per call on the hot path. A failed call is written at once all the same, with
+    any held before it: when a run dies, its failures are the trace someone will look for. The caller
+    must flush() when the run ends whatever happened (extraction_execute does, in a finally).
+    """
+
+    def __init__(self, run: ExtractionRun, *, redact_pii: bool, batch: bool = False) -> None:
+        self.run = run
+        self.redact_pii = redact_pii
+        self.batch = batch
+        self.pending: list[LLMCall] = []
+
+    def add(self, record: CallRecord) -> None:
+        self.pending.append(_call_row(self.run, self.redact_pii, record))
+        if not self.batch or record.error_class:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            rows, self.pending = self.pending, []
+            LLMCall.objects.bulk_create(rows)
+
+
 def active_prompt(document_type: DocumentType) -> PromptVersion:
     prompt = document_type.active_prompt or document_type.prompt_versions.order_by("-version").first()
     if prompt is None:
         prompt = PromptVersion.objects.create(document_type=document_type, version=1)
+    return _with_type(prompt, document_type)
+
+
+def _with_type(prompt: PromptVersion, document_type: DocumentType) -> PromptVersion:
+    # The prompt's label names its type: hand it the one already loaded instead of a query per run.
+    if prompt.document_type_id == document_type.pk:
+        prompt.document_type = document_type
     return prompt
 
 
@@ -246,12 +286,40 @@ def prompt_examples_choose(*, document_type: DocumentType, count: int) -> list[d
 
 def route_prompt(document_type: DocumentType, *, draw: float | None = None) -> tuple[PromptVersion, str]:
     """Return the prompt version for a new run and its A/B arm ("active" or "candidate")."""
-    candidate = document_type.candidate_prompt
     share = document_type.candidate_share
-    draw = random.random() if draw is None else draw  # a traffic split, not a secret
-    if candidate is not None and share > 0 and draw < share:
-        return candidate, "candidate"
+    if document_type.candidate_prompt_id is not None and share > 0:
+        draw = random.random() if draw is None else draw  # a traffic split, not a secret
+        if draw < share:
+            return _with_type(document_type.candidate_prompt, document_type), "candidate"
     return active_prompt(document_type), "active"
+
+
+_CANDIDATES_TTL_SECONDS = 5.0
+_candidates: tuple[float, list[DocumentSchema]] = (0.0, [])
+
+
+def classify_candidates(declared: DocumentSchema) -> list[DocumentSchema]:
+    """Return the document types the classifier chooses from: names and descriptions, no fields.
+
+    They change rarely and are read for every document, so each process keeps them a few seconds (and
+    forgets them when it saves a type itself); a declared type missing from the list refreshes it at once.
+    """
+    global _candidates
+    expires, cached = _candidates
+    if expires > time.monotonic() and any(c.slug == declared.slug for c in cached):
+        return cached
+    cached = [
+        DocumentSchema(slug=t.slug, name=t.name, description=t.description, fields=())
+        for t in DocumentType.objects.only("slug", "name", "description").order_by("slug")
+    ]
+    _candidates = (time.monotonic() + _CANDIDATES_TTL_SECONDS, cached)
+    return cached
+
+
+@receiver([post_save, post_delete], sender=DocumentType)
+def _forget_candidates(**kwargs: Any) -> None:
+    global _candidates
+    _candidates = (0.0, [])
 
 
 def _fail(document: Document, run: ExtractionRun | None, code: str, message: str) -> None:
@@ -267,6 +335,23 @@ def _fail(document: Document, run: ExtractionRun | None, code: str, message: str
     Document.objects.filter(
         pk=document.pk, status=Status.EXTRACTING, claim_token=document.claim_token
     ).update(status=Status.FAILED, status_reason=f"{code}: {message}"[:4000], updated_at=now)
+
+
+def extraction_abort(*, document_id: int, token: str, code: str, message: str) -> bool:
+    """Fail this delivery's document and run after a crash or a timeout; False if it is not ours any more."""
+    now = timezone.now()
+    with transaction.atomic():
+        failed = Document.objects.filter(pk=document_id, status=Status.EXTRACTING, claim_token=token).update(
+            status=Status.FAILED, status_reason=f"{code}: {message}"[:4000], updated_at=now
+        )
+        ExtractionRun.objects.filter(
+            document_id=document_id, task_id=token, status=ExtractionRun.Status.RUNNING
+        ).update(
+            status=ExtractionRun.Status.FAILED, error_code=code, error_message=message[:4000], finished_at=now
+        )
+        if failed:
+            webhooks.emit(document_id, "document.failed")
+    return bool(failed)
 
 
 def extraction_execute(*, document_id: int, token: str) -> str:
@@ -286,10 +371,12 @@ def extraction_execute(*, document_id: int, token: str) -> str:
             f"extraction was started {document.deliveries - 1} times without finishing",
         )
         return "failed"
-    # A run left 'running' by a worker that died belongs to an earlier delivery: close it.
-    document.runs.filter(status=ExtractionRun.Status.RUNNING, evaluation__isnull=True).update(
-        status=ExtractionRun.Status.ABANDONED, finished_at=timezone.now(), error_code="worker_lost"
-    )
+    if document.deliveries > 1:
+        # A run left 'running' by a worker that died belongs to an earlier delivery: close it. (A first
+        # delivery has none: runs that crash or time out are closed by the task's handlers.)
+        document.runs.filter(status=ExtractionRun.Status.RUNNING, evaluation__isnull=True).update(
+            status=ExtractionRun.Status.ABANDONED, finished_at=timezone.now(), error_code="worker_lost"
+        )
     prompt, arm = route_prompt(document.document_type)
     run = ExtractionRun.objects.create(
         document=document,
@@ -299,12 +386,17 @@ def extraction_execute(*, document_id: int, token: str) -> str:
         model_requested=prompt.model_alias or llm.gateway().pinned_model("extract"),
     )
     started = time.perf_counter()
-    outcome, trace = run_pipeline(document=document, run=run)
-    if isinstance(outcome, PipelineError):
-        _fail(document, run, outcome.code, f"{outcome.step} step: {outcome}")
-        _export_trace(document, run, trace, "failed", f"{outcome.code}: {outcome}")
-        return "failed"
-    status = _store_result(document, run, outcome, trace, started)
+    calls = CallLog(run, redact_pii=document.workspace.redact_pii, batch=True)
+    try:
+        outcome, trace = run_pipeline(document=document, run=run, calls=calls)
+        if isinstance(outcome, PipelineError):
+            calls.flush()
+            _fail(document, run, outcome.code, f"{outcome.step} step: {outcome}")
+            _export_trace(document, run, trace, "failed", f"{outcome.code}: {outcome}")
+            return "failed"
+        status = _store_result(document, run, outcome, trace, started, calls)
+    finally:
+        calls.flush()  # whatever the results transaction did not write (superseded, or a crash)
     _export_trace(document, run, trace, status)
     return status
 
@@ -335,18 +427,24 @@ def _export_trace(
 
 
 def run_pipeline(
-    *, document: Document, run: ExtractionRun, model_alias: str | None = None
+    *,
+    document: Document,
+    run: ExtractionRun,
+    model_alias: str | None = None,
+    calls: CallLog | None = None,
 ) -> tuple[PipelineResult | PipelineError, Trace]:
     """Run the chain for `document` with the run's prompt version; every call is stored on `run`.
 
     Return the result or the PipelineError that stopped the chain. Nothing about the document changes
-    here: extraction_execute stores results, an evaluation compares them with gold.
+    here: extraction_execute stores results, an evaluation compares them with gold. Calls are written as
+    they happen unless the caller passes its own (batching) CallLog.
     """
     prompt = run.prompt_version
     prompt.lock()
     doc_type = document.document_type
     alias = model_alias or prompt.model_alias
-    trace = Trace(on_call=lambda rec: _store_call(run, document.workspace.redact_pii, rec))
+    calls = calls or CallLog(run, redact_pii=document.workspace.redact_pii)
+    trace = Trace(on_call=calls.add)
     options = PipelineOptions(
         prompt_label=prompt.label,
         instructions=prompt.instructions,
@@ -355,11 +453,12 @@ def run_pipeline(
         extract_aliases=[alias] if alias else None,
         examples=[e for e in prompt.examples if e.get("document") != document.pk],
     )
+    schema = doc_type.to_schema()
     try:
         result = Pipeline(llm.gateway()).run(
             text=document.text,
-            schema=doc_type.to_schema(),
-            candidates=[t.to_schema() for t in DocumentType.objects.prefetch_related("fields")],
+            schema=schema,
+            candidates=classify_candidates(schema),
             options=options,
             trace=trace,
         )
@@ -368,75 +467,82 @@ def run_pipeline(
     return result, trace
 
 
-def _store_result(document: Document, run: ExtractionRun, result: Any, trace: Trace, started: float) -> str:
-    specs = {f.name: f for f in document.document_type.fields.all()}
+class _Superseded(Exception):
+    """Raised inside the results transaction to roll it back: the document is not ours any more."""
+
+
+def _store_result(
+    document: Document, run: ExtractionRun, result: Any, trace: Trace, started: float, calls: CallLog
+) -> str:
+    specs = {f.name: f for f in document.document_type.fields.all()}  # prefetched by _claim
     rate = document.document_type.audit_sample_rate or settings.REVIEWAPP_AUDIT_SAMPLE_RATE
     now = timezone.now()
-    with transaction.atomic():
-        current = Document.objects.select_for_update().get(pk=document.pk)
-        still_mine = ExtractionRun.objects.filter(pk=run.pk, status=ExtractionRun.Status.RUNNING).exists()
-        # A duplicate delivery of the same task (same token) marks our run abandoned when it takes over.
-        if (
-            current.status != Status.EXTRACTING
-            or current.claim_token != document.claim_token
-            or not still_mine
-        ):
-            # Someone re-queued or reclaimed it while we worked: our results are not the current ones.
-            ExtractionRun.objects.filter(pk=run.pk).update(
-                status=ExtractionRun.Status.ABANDONED, finished_at=now
+    rows = []
+    for g in result.fields:
+        status = g.status
+        audit = status == FieldValue.Status.AUTO_ACCEPTED and rate > 0 and random.random() < rate
+        rows.append(
+            FieldValue(
+                run=run,
+                document=document,
+                workspace_id=document.workspace_id,
+                field_spec=specs[g.name],
+                value=g.value,
+                raw_value=g.raw_value,
+                confidence=g.confidence,
+                model_confidence=g.model_confidence,
+                reasoning=g.reasoning[:2000],
+                evidence_start=g.evidence.start if g.evidence else None,
+                evidence_end=g.evidence.end if g.evidence else None,
+                evidence_text=g.evidence.text[:2000] if g.evidence else "",
+                evidence_chunk=g.evidence.chunk if g.evidence else None,
+                supported=g.supported,
+                problem=g.problem[:200],
+                verdict=g.verdict,
+                status=FieldValue.Status.NEEDS_REVIEW if audit else status,
+                audit_sample=audit,
+                final_value=g.value if status == FieldValue.Status.AUTO_ACCEPTED and not audit else None,
             )
-            return "superseded"
-        rows = []
-        for g in result.fields:
-            status = g.status
-            audit = status == FieldValue.Status.AUTO_ACCEPTED and rate > 0 and random.random() < rate
-            rows.append(
-                FieldValue(
-                    run=run,
-                    document=document,
-                    workspace_id=document.workspace_id,
-                    field_spec=specs[g.name],
-                    value=g.value,
-                    raw_value=g.raw_value,
-                    confidence=g.confidence,
-                    model_confidence=g.model_confidence,
-                    reasoning=g.reasoning[:2000],
-                    evidence_start=g.evidence.start if g.evidence else None,
-                    evidence_end=g.evidence.end if g.evidence else None,
-                    evidence_text=g.evidence.text[:2000] if g.evidence else "",
-                    evidence_chunk=g.evidence.chunk if g.evidence else None,
-                    supported=g.supported,
-                    problem=g.problem[:200],
-                    verdict=g.verdict,
-                    status=FieldValue.Status.NEEDS_REVIEW if audit else status,
-                    audit_sample=audit,
-                    final_value=g.value if status == FieldValue.Status.AUTO_ACCEPTED and not audit else None,
-                )
+        )
+    needs_review = any(r.status == FieldValue.Status.NEEDS_REVIEW for r in rows)
+    new_status = Status.NEEDS_REVIEW if needs_review else Status.AUTO_ACCEPTED
+    try:
+        with transaction.atomic():
+            # The two conditional UPDATEs are the ownership check and take the row locks (document, then
+            # run, as everywhere). Someone may have re-queued or reclaimed the document while we worked, or
+            # a duplicate delivery of the same task (same token) may have marked our run abandoned when it
+            # took over: then our results are not the current ones and nothing is written.
+            mine = Document.objects.filter(
+                pk=document.pk, status=Status.EXTRACTING, claim_token=document.claim_token
+            ).update(status=new_status, status_reason="; ".join(result.warnings)[:4000], updated_at=now)
+            mine = mine and ExtractionRun.objects.filter(
+                pk=run.pk, status=ExtractionRun.Status.RUNNING
+            ).update(
+                status=ExtractionRun.Status.SUCCEEDED,
+                model_answered=result.model_answered,
+                finished_at=now,
+                duration_ms=int((time.perf_counter() - started) * 1000),
+                attempts=result.attempts,
+                prompt_tokens=trace.prompt_tokens,
+                completion_tokens=trace.completion_tokens,
+                cached_tokens=trace.cached_tokens,
+                cost_usd=Decimal(str(round(trace.cost_usd, 6))),
+                verify_score=result.verify_score,
+                classification=result.classification.model_dump() if result.classification else {},
+                chunks=result.chunks,
+                dropped_fields=result.dropped_fields,
             )
-        FieldValue.objects.bulk_create(rows)
-        ExtractionRun.objects.filter(pk=run.pk).update(
-            status=ExtractionRun.Status.SUCCEEDED,
-            model_answered=result.model_answered,
-            finished_at=now,
-            duration_ms=int((time.perf_counter() - started) * 1000),
-            attempts=result.attempts,
-            prompt_tokens=trace.prompt_tokens,
-            completion_tokens=trace.completion_tokens,
-            cached_tokens=trace.cached_tokens,
-            cost_usd=Decimal(str(round(trace.cost_usd, 6))),
-            verify_score=result.verify_score,
-            classification=result.classification.model_dump() if result.classification else {},
-            chunks=result.chunks,
-            dropped_fields=result.dropped_fields,
-        )
-        needs_review = any(r.status == FieldValue.Status.NEEDS_REVIEW for r in rows)
-        new_status = Status.NEEDS_REVIEW if needs_review else Status.AUTO_ACCEPTED
-        Document.objects.filter(pk=document.pk).update(
-            status=new_status, status_reason="; ".join(result.warnings)[:4000], updated_at=now
-        )
-        webhooks.emit(document.pk, "document.extracted")
-        if needs_review:
-            webhooks.emit(document.pk, "document.needs_review")
+            if not mine:
+                raise _Superseded
+            calls.flush()
+            FieldValue.objects.bulk_create(rows)
+            events = (
+                ["document.extracted", "document.needs_review"] if needs_review else ["document.extracted"]
+            )
+            webhooks.emit(document.pk, *events, workspace_id=document.workspace_id)
+    except _Superseded:
+        ExtractionRun.objects.filter(pk=run.pk).update(status=ExtractionRun.Status.ABANDONED, finished_at=now)
+        return "superseded"
     return new_status
 
 

@@ -205,10 +205,17 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 840)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 1800)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE") or "reviewapp"
+# Celery's Django fixup closes the database connection before and after every task unless this is set, so
+# DB_CONN_MAX_AGE would do nothing in workers: a new PostgreSQL session per document. With it set,
+# reviewapp/celery.py applies Django's per-request rule around each task instead (CONN_MAX_AGE and the
+# health check). Each worker thread then keeps a connection: keep processes x threads + web workers under
+# PostgreSQL's max_connections.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1_000_000)
 CELERY_BEAT_SCHEDULE = {
     "requeue-stuck-documents": {"task": "extraction.tasks.requeue_stuck_documents", "schedule": 60.0},
     "requeue-stuck-evaluations": {"task": "reviewapp.evaluation.requeue_stuck_evaluations", "schedule": 60.0},
     "purge-idempotency-records": {"task": "extraction.tasks.purge_idempotency_records", "schedule": 3600.0},
+    "requeue-lost-webhooks": {"task": "reviewapp.webhooks.requeue_lost_deliveries", "schedule": 60.0},
 }
 # The embedded mode: with the in-memory broker no other process can see the queue, so a worker thread
 # runs inside the process that serves (see reviewapp/worker.py).

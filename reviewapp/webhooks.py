@@ -4,7 +4,9 @@
 transaction commits it writes one WebhookDelivery row per matching subscription and queues one Celery task
 per row. The task makes the HTTP call outside any transaction, records every attempt on the row and
 retries network errors, 429 and 5xx with exponential backoff; other answers fail the delivery for good.
-Delivery is at least once: receivers deduplicate on the `X-Reviewapp-Delivery` header.
+Delivery is at least once: receivers deduplicate on the `X-Reviewapp-Delivery` header. A delivery whose
+task was lost (queued during a broker outage) stays pending; the `requeue_lost_deliveries` beat task
+queues it again once it is a few minutes past its planned attempt.
 
 Signature (as Stripe does it): `X-Reviewapp-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
 "<t>.<raw body>")>`. Receivers recompute it over the raw body and refuse timestamps older than a few
@@ -29,6 +31,7 @@ import random
 import secrets
 import socket
 import time
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,20 +62,24 @@ def _now():
 
 
 # --- emitting --------------------------------------------------------------------------------------------
-def emit(document_id: int, event: str) -> None:
-    """Queue deliveries of `event` for the document's workspace subscriptions, once the transaction commits.
+def emit(document_id: int, *events: str, workspace_id: int | None = None) -> None:
+    """Queue deliveries of `events` for the document's workspace subscriptions, once the transaction commits.
 
-    Never raises: a webhook problem must not undo or break the state change that triggered it.
+    Several events of one state change go out through one fan-out (one query when nobody subscribed);
+    `workspace_id`, when the caller knows it, saves looking the document up. Never raises: a webhook problem
+    must not undo or break the state change that triggered it.
     """
-    if event not in EVENTS:
+    known = [e for e in events if e in EVENTS]
+    for event in set(events) - set(known):
         log.error("webhooks: unknown event %r for document %s", event, document_id)
+    if not known:
         return
     try:
         # robust: an error in the fan-out is logged and does not stop the other on-commit callbacks.
         # (A lambda, not functools.partial: Django logs a robust callback's failure by its __qualname__.)
-        transaction.on_commit(lambda: _fan_out(document_id, event), robust=True)
+        transaction.on_commit(lambda: _fan_out(document_id, known, workspace_id), robust=True)
     except Exception:
-        log.exception("webhooks: could not schedule %s for document %s", event, document_id)
+        log.exception("webhooks: could not schedule %s for document %s", known, document_id)
 
 
 def document_payload(document: Document, event: str) -> dict[str, Any]:
@@ -94,23 +101,27 @@ def document_payload(document: Document, event: str) -> dict[str, Any]:
     }
 
 
-def _fan_out(document_id: int, event: str) -> list[int]:
-    """Write a delivery row per subscription that wants `event` and queue each; return their ids."""
+def _fan_out(document_id: int, events: list[str], workspace_id: int | None = None) -> list[int]:
+    """Write a delivery row per subscription and wanted event, and queue each; return their ids."""
+    subscriptions = WebhookSubscription.objects.filter(active=True)
+    if workspace_id is not None:
+        subscriptions = subscriptions.filter(workspace_id=workspace_id)
+    else:
+        subscriptions = subscriptions.filter(workspace__documents=document_id)
+    # Events filtered in Python: JSONField `contains` is not available on SQLite (the embedded mode).
+    subscriptions = list(subscriptions)
+    wanted = [(s, e) for e in events for s in subscriptions if e in (s.events or [])]
+    if not wanted:
+        return []  # the common case: one query, and the document is never loaded
     document = Document.objects.select_related("workspace", "document_type").filter(pk=document_id).first()
     if document is None:
         return []
-    # Filtered in Python: JSONField `contains` is not available on SQLite (the embedded mode).
-    subscriptions = [
-        s
-        for s in WebhookSubscription.objects.filter(workspace_id=document.workspace_id, active=True)
-        if event in (s.events or [])
-    ]
-    if not subscriptions:
-        return []
-    payload = document_payload(document, event)
+    payloads = {e: document_payload(document, e) for e in events}
     ids = []
-    for subscription in subscriptions:
-        delivery = WebhookDelivery.objects.create(subscription=subscription, event=event, payload=payload)
+    for subscription, event in wanted:
+        delivery = WebhookDelivery.objects.create(
+            subscription=subscription, event=event, payload=payloads[event]
+        )
         ids.append(delivery.pk)
         _queue(delivery.pk)
     return ids
@@ -245,6 +256,43 @@ def deliver_webhook(self: Any, delivery_id: int) -> str:
     outcome = attempt_delivery(delivery_id)
     if outcome == "retry":
         attempts = WebhookDelivery.objects.filter(pk=delivery_id).values_list("attempts", flat=True).first()
-        raise self.retry(countdown=backoff_seconds(attempts or 1))
+        countdown = backoff_seconds(attempts or 1)
+        WebhookDelivery.objects.filter(pk=delivery_id, status=Status.PENDING).update(
+            next_attempt_at=_now() + timedelta(seconds=countdown)
+        )
+        raise self.retry(countdown=countdown)
     log.info("webhook delivery %s: %s", delivery_id, outcome)
     return outcome
+
+
+LOST_AFTER = timedelta(minutes=5)
+
+
+def requeue_lost(*, grace: timedelta = LOST_AFTER, limit: int = 500) -> int:
+    """Queue again the pending deliveries whose task never ran (lost in a broker outage); return how many.
+
+    A delivery is lost when it is still pending `grace` after its planned attempt. Its planned time moves
+    to now first, so a delivery that is only slow is queued at most once per `grace` (delivery is at least
+    once anyway: receivers deduplicate on X-Reviewapp-Delivery).
+    """
+    now = _now()
+    lost = WebhookDelivery.objects.filter(status=Status.PENDING, next_attempt_at__lt=now - grace)
+    requeued = 0
+    for pk in lost.order_by("next_attempt_at").values_list("pk", flat=True)[:limit]:
+        if WebhookDelivery.objects.filter(
+            pk=pk, status=Status.PENDING, next_attempt_at__lt=now - grace
+        ).update(next_attempt_at=now):
+            try:
+                deliver_webhook.delay(pk)
+            except Exception:  # the broker is still down: the next run of the watchdog tries again
+                log.warning("webhooks: could not queue delivery %s again; will retry", pk, exc_info=True)
+                break
+            requeued += 1
+    if requeued:
+        log.warning("webhooks: queued %s lost deliveries again", requeued)
+    return requeued
+
+
+@shared_task(name="reviewapp.webhooks.requeue_lost_deliveries")
+def requeue_lost_deliveries() -> int:
+    return requeue_lost()

@@ -202,3 +202,81 @@ def test_a_run_is_exported_to_langfuse_when_configured(make_document: Any, setti
     assert sorted(n for n in names if n != "extraction") == ["classify", "extract", "verify"]
     root = next(s for s in receiver.spans if s["name"] == "extraction")
     assert str(doc.pk) in json.dumps(root, default=str)
+
+
+def _queued(workspace: Any, doc_type: Any, text: str) -> Document:
+    return Document.objects.create(
+        workspace=workspace, document_type=doc_type, filename="r.txt", sha256="0" * 64, text=text
+    )
+
+
+def test_an_extraction_runs_a_fixed_handful_of_sql_statements(
+    workspace: Any,
+    receipt_type: Any,
+    invoice_type: Any,
+    make_document: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    text = make_document().text  # also warms the per-process caches (candidate types, breaker)
+    counts = []
+    for extra_types in (0, 6):
+        for i in range(extra_types):  # more types must not mean more queries (no N+1 over candidates)
+            t = type(receipt_type).objects.create(slug=f"extra-{i}", name=f"Extra {i}")
+            t.fields.create(name="total", type="money")
+        services.classify_candidates(receipt_type.to_schema())  # the cache was dropped by the save
+        doc = _queued(workspace, receipt_type, text)
+        with CaptureQueriesContext(connection) as queries, django_capture_on_commit_callbacks(execute=True):
+            assert services.extraction_execute(document_id=doc.pk, token=f"t{extra_types}") in (
+                "needs_review",
+                "auto_accepted",
+            )
+        counts.append(len([q for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]))
+    # claim (UPDATE, SELECT, prefetch of the fields), run INSERT, then one transaction: document UPDATE,
+    # run UPDATE, LLMCall INSERT (all calls), FieldValue INSERT; on commit, the webhook subscriptions SELECT.
+    assert counts == [9, 9], counts
+    # The calls go in one INSERT ... VALUES: UNNEST escapes the 10 KB prompts in Python (ValuesInsertJSONField).
+    (insert,) = [
+        q["sql"] for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "reviewapp_llmcall"')
+    ]
+    assert "UNNEST" not in insert and insert.count("), (") == 2
+    assert LLMCall.objects.filter(document=doc).count() == 3
+
+
+def test_call_log_batches_calls_but_writes_a_failure_at_once(make_document: Any) -> None:
+    from extraction.gateway import CallRecord
+
+    run = make_document().current_run
+    before = LLMCall.objects.filter(run=run).count()
+    log = services.CallLog(run, redact_pii=False, batch=True)
+
+    def record(error: str = "") -> CallRecord:
+        return CallRecord(step="extract", attempt=1, chunk=None, prompt_version="v", model_alias="primary",
+                          model_requested="m", messages=[{"role": "user", "content": "hi"}], started_at=0.0,
+                          error_class=error)  # fmt: skip
+
+    log.add(record())
+    assert LLMCall.objects.filter(run=run).count() == before  # held for the results transaction
+    log.add(record("RateLimitError"))
+    assert LLMCall.objects.filter(run=run).count() == before + 2  # the failure, and the call held before it
+    log.add(record())
+    log.flush()
+    assert LLMCall.objects.filter(run=run).count() == before + 3 and log.pending == []
+
+
+def test_a_crash_mid_run_fails_the_document_and_its_run(
+    workspace: Any, receipt_type: Any, monkeypatch: Any
+) -> None:
+    doc = _queued(workspace, receipt_type, "TOTAL 1.00")
+
+    def crash(**kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(services, "run_pipeline", crash)
+    extract_document.apply(args=[doc.pk])
+    doc.refresh_from_db()
+    assert doc.status == "failed" and doc.status_reason == "internal_error: RuntimeError: a bug"
+    run = doc.runs.get()
+    assert (run.status, run.error_code) == ("failed", "internal_error") and run.finished_at is not None

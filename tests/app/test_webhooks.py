@@ -329,3 +329,54 @@ def test_admins_subscribe_see_the_log_and_replay(
         assert response.status_code == 404
     assert c.delete(f"/api/v1/webhooks/{sub['id']}/").status_code == 204
     assert not WebhookSubscription.objects.exists() and Document.objects.count() == 1
+
+
+def test_a_delivery_whose_task_was_lost_is_queued_again_once(
+    make_document: Any, subscribe: Any, receiver: Receiver, django_capture_on_commit_callbacks: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    doc = make_document()
+    sub = subscribe(events=("document.failed",))
+    now = timezone.now()
+    payload = webhooks.document_payload(doc, "document.failed")
+    # Written during a broker outage: the row exists, its task never reached the queue.
+    lost = WebhookDelivery.objects.create(
+        subscription=sub, event="document.failed", payload=payload, next_attempt_at=now - timedelta(minutes=6)
+    )
+    # Waiting for a retry's back-off (planned in 3 minutes): not lost, must be left alone.
+    waiting = WebhookDelivery.objects.create(
+        subscription=sub, event="document.failed", payload=payload, attempts=2,
+        next_attempt_at=now + timedelta(minutes=3),
+    )  # fmt: skip
+    assert webhooks.requeue_lost() == 1
+    assert [r["headers"]["X-Reviewapp-Delivery"] for r in receiver.received] == [str(lost.pk)]
+    lost.refresh_from_db()
+    waiting.refresh_from_db()
+    assert lost.status == "delivered" and (waiting.status, waiting.attempts) == ("pending", 2)
+    assert webhooks.requeue_lost() == 0  # nothing else is overdue
+    scheduled = {e["task"] for e in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "reviewapp.webhooks.requeue_lost_deliveries" in scheduled
+
+
+def test_a_retry_plans_its_next_attempt(make_document: Any, subscribe: Any, receiver: Receiver) -> None:
+    from celery.exceptions import Retry
+    from django.utils import timezone
+
+    doc = make_document()
+    sub = subscribe(events=("document.failed",))
+    delivery = WebhookDelivery.objects.create(
+        subscription=sub, event="document.failed", payload=webhooks.document_payload(doc, "document.failed")
+    )
+    receiver.statuses = [503]
+    before = timezone.now()
+    with pytest.raises(Retry):
+        webhooks.deliver_webhook(delivery.pk)  # called directly, a retry raises instead of queueing
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("pending", 1)
+    wait = (delivery.next_attempt_at - before).total_seconds()
+    assert webhooks.BACKOFF_BASE_SECONDS <= wait <= 2 * webhooks.BACKOFF_BASE_SECONDS + 5
+    assert webhooks.requeue_lost() == 0  # planned, not lost

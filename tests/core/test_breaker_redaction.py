@@ -68,3 +68,43 @@ def test_personal_data_is_redacted(text: str, expected: str) -> None:
 def test_amounts_dates_and_invoice_numbers_survive_redaction() -> None:
     text = "Invoice INV-2024-0042 dated 2024-03-12, total 1,234.50 EUR, order 1234567890123"
     assert redact(text) == text  # 1234567890123 fails the Luhn check: not a card
+
+
+class CountingStore:
+    """Wraps a store and counts the reads, to see when the breaker asks it."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.gets = 0
+
+    def get(self, key):
+        self.gets += 1
+        return self.inner.get(key)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_healthy_breaker_is_trusted_locally_for_a_moment_and_own_failures_count_at_once() -> None:
+    from extraction.breaker import MemoryStore
+
+    store = CountingStore(MemoryStore())
+    breaker = CircuitBreaker(store, failure_threshold=2, cooldown_seconds=10, closed_cache_seconds=60)
+    for _ in range(5):
+        assert breaker.allow("gpt")
+        breaker.record_success("gpt")
+    assert store.gets == 1  # one read, then the cached "closed, 0 failures"
+    breaker.record_failure("gpt")
+    breaker.record_failure("gpt")
+    assert breaker.allow("gpt") is False  # our own failures drop the cached answer at once
+
+
+def test_without_the_local_cache_every_call_reads_the_shared_state() -> None:
+    from extraction.breaker import MemoryStore
+
+    store = CountingStore(MemoryStore())
+    breaker = CircuitBreaker(store, failure_threshold=2, cooldown_seconds=10)
+    for _ in range(3):
+        assert breaker.allow("gpt")
+        breaker.record_success("gpt")
+    assert store.gets == 6
