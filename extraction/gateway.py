@@ -2,7 +2,9 @@
 
 Why not the Router's own retries and fallbacks: every attempt must become a traced call (failed ones
 too) and feed the breaker, so the loop lives here and each Router call is a single attempt
-(`num_retries=0`). The Router still resolves aliases to deployments, load-balances and applies rpm/tpm.
+(`num_retries=0`). The Router still resolves aliases to deployments and load-balances. A deployment's
+`rpm` is enforced here, across all workers (extraction/ratelimit.py): a call waits for a slot, and goes to
+the next fallback if the wait would be longer than the route's timeout.
 
 Per attempt: breaker check -> context-window check -> one call. Retryable errors (429, 5xx, timeouts,
 connection errors) back off exponentially with full jitter, at least as long as the provider's
@@ -26,6 +28,7 @@ from litellm import Router
 from . import providers
 from .breaker import CircuitBreaker, MemoryStore
 from .config import LLMConfig, ModelEntry
+from .ratelimit import MemoryRates, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +159,7 @@ class Gateway:
         *,
         environment: str = "default",
         breaker: CircuitBreaker | None = None,
+        limiter: RateLimiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -167,6 +171,7 @@ class Gateway:
             failure_threshold=s.breaker.failure_threshold,
             cooldown_seconds=s.breaker.cooldown_seconds,
         )
+        self.limiter = limiter or RateLimiter(MemoryRates())
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._router: Router | None = None
@@ -282,6 +287,13 @@ class Gateway:
                 )
                 continue
             for retry in range(route.retries + 1):
+                if not self._take_slot(alias, route.timeout):
+                    errors.append(f"{alias}: over its requests-per-minute limit")
+                    trace.add(
+                        self._record(task, alias, messages, prompt_version, attempt, chunk,
+                                     error=("RateLimited", "over the deployment's rpm limit; call not sent"))
+                    )  # fmt: skip
+                    break
                 record = self._record(task, alias, messages, prompt_version, attempt, chunk)
                 try:
                     text = self._call_once(alias, route, messages, record, json_schema, schema_name)
@@ -307,6 +319,18 @@ class Gateway:
                     self.breaker.record_success(alias)
                     return Completion(text=text, record=record, alias=alias)
         raise GatewayError(f"every model for {task} failed: " + "; ".join(errors), retryable=True)
+
+    def _take_slot(self, alias: str, max_wait: float) -> bool:
+        """Wait for a slot under the alias's `rpm` (if it has one); False if that would take over max_wait."""
+        rpm = self._entry(alias).litellm_params.get("rpm")
+        if not rpm:
+            return True
+        deadline = time.monotonic() + max_wait
+        while (wait := self.limiter.acquire(alias, float(rpm))) > 0:
+            if time.monotonic() + wait > deadline:
+                return False
+            self._sleep(wait)
+        return True
 
     def _record(
         self,

@@ -10,6 +10,7 @@ from django.conf import settings
 from extraction.breaker import CircuitBreaker, MemoryStore, RedisStore
 from extraction.config import LLMConfig, floating_models, load_config
 from extraction.gateway import Gateway
+from extraction.ratelimit import MemoryRates, RateLimiter, RedisRates
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,26 @@ def breaker() -> CircuitBreaker:
         store,
         failure_threshold=config.settings.breaker.failure_threshold,
         cooldown_seconds=config.settings.breaker.cooldown_seconds,
+        closed_cache_seconds=config.settings.breaker.local_cache_seconds,
     )
 
 
 @functools.cache
+def limiter() -> RateLimiter:
+    url = settings.REVIEWAPP_REDIS_URL
+    return RateLimiter(RedisRates(url) if url else MemoryRates())
+
+
+@functools.cache
 def gateway() -> Gateway:
-    return Gateway(llm_config(), environment=settings.REVIEWAPP_ENVIRONMENT, breaker=breaker())
+    return Gateway(
+        llm_config(), environment=settings.REVIEWAPP_ENVIRONMENT, breaker=breaker(), limiter=limiter()
+    )
 
 
 def reset() -> None:
     """Forget the cached config, breaker and gateway (tests that change settings call this)."""
     llm_config.cache_clear()
     breaker.cache_clear()
+    limiter.cache_clear()
     gateway.cache_clear()
