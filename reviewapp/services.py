@@ -610,7 +610,7 @@ def field_decide(
         try:
             fv = (
                 FieldValue.objects.select_for_update(of=("self",))
-                .select_related("field_spec", "document")
+                .select_related("field_spec", "document", "run")
                 .get(pk=field_id, workspace_id__in=workspace_ids(user))
             )
         except FieldValue.DoesNotExist:
@@ -690,6 +690,25 @@ def fields_bulk_accept(*, user: Any, versions: dict[int, int]) -> tuple[int, lis
     return accepted, refused
 
 
+CLAIM_RELATED = ("document__document_type", "field_spec")
+
+
+def _lease_update(queryset: Any, **values: Any) -> int:
+    """UPDATE a review lease (claimed_by, claim_expires_at) and return the rows changed.
+
+    A lease is not worth a WAL flush: one lost in a database crash only lets the field be claimed again, and
+    decisions still check the row's version. So on PostgreSQL, outside a transaction, it commits with
+    synchronous_commit off; each flush cost a queue request about 4 ms (bench/LOAD.md).
+    """
+    from django.db import connection
+
+    if connection.in_atomic_block or connection.vendor != "postgresql":
+        return queryset.update(**values)
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute("SET LOCAL synchronous_commit TO OFF")
+        return queryset.update(**values)
+
+
 def queue_claim_next(
     *,
     user: Any,
@@ -709,23 +728,37 @@ def queue_claim_next(
     free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
     base = open_fields(user, filters).filter(free).exclude(pk__in=skip)
     # Going back (k) to a field skipped earlier takes it again, if nobody else took it meanwhile.
-    if prefer is not None and FieldValue.objects.filter(
-        Q(pk=prefer) & Q(pk__in=base.values("pk")) & free
-    ).update(claimed_by=user, claim_expires_at=now + timedelta(seconds=lease_seconds)):
-        return FieldValue.objects.get(pk=prefer)
-    mine = base.filter(claimed_by=user, claim_expires_at__gte=now).order_by(*queue_order(filters)).first()
+    if prefer is not None and _lease_update(
+        FieldValue.objects.filter(Q(pk=prefer) & Q(pk__in=base.values("pk")) & free),
+        claimed_by=user,
+        claim_expires_at=now + timedelta(seconds=lease_seconds),
+    ):
+        return FieldValue.objects.select_related(*CLAIM_RELATED).get(pk=prefer)
+    # The claimed item is rendered with its document, type and field spec: fetch them in the same query.
+    mine = (
+        base.filter(claimed_by=user, claim_expires_at__gte=now)
+        .select_related(*CLAIM_RELATED)
+        .order_by(*queue_order(filters))
+        .first()
+    )
     if mine is not None:
-        FieldValue.objects.filter(pk=mine.pk).update(claim_expires_at=now + timedelta(seconds=lease_seconds))
+        _lease_update(
+            FieldValue.objects.filter(pk=mine.pk), claim_expires_at=now + timedelta(seconds=lease_seconds)
+        )
         return mine
     ids = [filters.workspace] if filters.workspace is not None else workspace_ids(user)
     for candidate_id, *_ in queue_candidates(base, ids, queue_order(filters)):
-        won = FieldValue.objects.filter(
-            Q(pk=candidate_id) & Q(status=FieldValue.Status.NEEDS_REVIEW) & free
-        ).update(claimed_by=user, claim_expires_at=now + timedelta(seconds=lease_seconds))
+        won = _lease_update(
+            FieldValue.objects.filter(Q(pk=candidate_id) & Q(status=FieldValue.Status.NEEDS_REVIEW) & free),
+            claimed_by=user,
+            claim_expires_at=now + timedelta(seconds=lease_seconds),
+        )
         if won:
-            return FieldValue.objects.get(pk=candidate_id)
+            return FieldValue.objects.select_related(*CLAIM_RELATED).get(pk=candidate_id)
     return None
 
 
 def queue_release(*, user: Any, field_id: int) -> None:
-    FieldValue.objects.filter(pk=field_id, claimed_by=user).update(claimed_by=None, claim_expires_at=None)
+    _lease_update(
+        FieldValue.objects.filter(pk=field_id, claimed_by=user), claimed_by=None, claim_expires_at=None
+    )

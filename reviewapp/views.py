@@ -50,7 +50,7 @@ def _item_context(request: HttpRequest, item: FieldValue | None, **extra: Any) -
         **extra,
     }
     if item is not None:
-        ctx["siblings"] = selectors.document_fields(item.document)
+        ctx["siblings"] = selectors.queue_siblings(item.document)
         ctx["display_value"] = display(item.field_spec.to_data(), item.value)
         ctx.update(_text_window(item.document.text, item.evidence_start, item.evidence_end))
     return ctx
