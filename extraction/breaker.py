@@ -11,11 +11,14 @@ next to the failure threshold and the cool-down; this process's own failures dro
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -150,30 +153,47 @@ class CircuitBreaker:
         return self._healthy_until.get(key, 0.0) > time.monotonic()
 
     def allow(self, key: str) -> bool:
-        """Return whether a call to `key` may go out now (in half-open, only for the one probe)."""
+        """Return whether a call to `key` may go out now (in half-open, only for the one probe).
+
+        If the shared store cannot be reached (a Redis blip), the breaker fails open: the call goes out and
+        its own errors still go through the gateway's retries and fallbacks.
+        """
         if self._cached_healthy(key):
             return True
-        st = self.state(key)
-        if st.state == CLOSED:
-            if st.failures == 0 and self.closed_cache_seconds > 0:
-                self._healthy_until[key] = time.monotonic() + self.closed_cache_seconds
+        try:
+            st = self.state(key)
+            if st.state == CLOSED:
+                if st.failures == 0 and self.closed_cache_seconds > 0:
+                    self._healthy_until[key] = time.monotonic() + self.closed_cache_seconds
+                return True
+            if st.state == OPEN:
+                return False
+            # The probe slot expires after a cool-down so a probe lost with its worker doesn't block forever.
+            return self.store.try_probe(key, self.cooldown_seconds)
+        except Exception:
+            log.warning(
+                "circuit breaker store unavailable; letting the call to %s through", key, exc_info=True
+            )
             return True
-        if st.state == OPEN:
-            return False
-        # The probe slot expires after a cool-down so a probe lost with its worker doesn't block forever.
-        return self.store.try_probe(key, self.cooldown_seconds)
 
     def record_success(self, key: str) -> None:
         if self._cached_healthy(key):
             return  # no failures were recorded here since the store said so
-        failures, _ = self.store.get(key)
-        if failures:
-            self.store.reset(key)
+        try:
+            failures, _ = self.store.get(key)
+            if failures:
+                self.store.reset(key)
+        except Exception:
+            log.warning("circuit breaker store unavailable; success of %s not recorded", key, exc_info=True)
 
     def record_failure(self, key: str) -> BreakerState:
         self._healthy_until.pop(key, None)
-        self.store.record_failure(key, self._clock(), self.failure_threshold)
-        return self.state(key)
+        try:
+            self.store.record_failure(key, self._clock(), self.failure_threshold)
+            return self.state(key)
+        except Exception:
+            log.warning("circuit breaker store unavailable; failure of %s not recorded", key, exc_info=True)
+            return BreakerState(key, CLOSED, 0, None)
 
     def states(self) -> list[BreakerState]:
         return [self.state(k) for k in self.store.all_keys()]

@@ -12,10 +12,13 @@ atomically in a Lua script with its own clock, so machines with skewed clocks st
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class RateStore(Protocol):
@@ -79,4 +82,10 @@ class RateLimiter:
         """
         interval = 60.0 / rpm
         burst = burst or max(1, int(rpm // 60))
-        return self.store.acquire(key, interval, (burst - 1) * interval)
+        try:
+            return self.store.acquire(key, interval, (burst - 1) * interval)
+        except Exception:
+            # Redis unreachable: let the call go rather than stop all work; the provider's own 429s
+            # still go through the gateway's backoff.
+            log.warning("rate limit store unavailable; not limiting %s", key, exc_info=True)
+            return 0.0

@@ -85,3 +85,15 @@ def test_a_slot_too_far_away_goes_to_the_fallback_and_is_traced(llm: Any) -> Non
         ("primary", "RateLimited", "not_sent")
     ]
     assert llm.requests_for("primary-model") == []
+
+
+def test_an_unreachable_redis_lets_calls_through_instead_of_failing_them() -> None:
+    from extraction.breaker import CLOSED, CircuitBreaker, RedisStore
+
+    dead = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    limiter = RateLimiter(RedisRates(dead))
+    assert limiter.acquire("gpt", rpm=1) == 0.0
+    breaker = CircuitBreaker(RedisStore(dead), failure_threshold=1)
+    assert breaker.allow("gpt") is True
+    assert breaker.record_failure("gpt").state == CLOSED  # not recorded, so it cannot open
+    breaker.record_success("gpt")  # no exception
