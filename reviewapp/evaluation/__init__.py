@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from ..errors import ReviewAppError
 from .ab import ab_comparison
-from .drift import DriftAlert, drift_alerts, drift_alerts_all, drift_series
+from .drift import DriftAlert, correction_rates, drift_alerts, drift_alerts_all, drift_series
 from .gold import (
     DECIDED,
     GOLD_COLUMNS,
@@ -89,6 +89,7 @@ __all__ = [
     "ThresholdNotApplied",
     "ab_comparison",
     "comparison_table",
+    "correction_rates",
     "curve_chart",
     "drift_alerts",
     "drift_alerts_all",

@@ -489,6 +489,20 @@ def test_drift_series_per_day_and_alert(drifting_company: DocumentType, admin_us
     )
 
 
+def test_alerts_count_corrections_in_the_database_as_the_series_does(
+    drifting_company: DocumentType, django_assert_num_queries: Any
+) -> None:
+    for period in ("day", "week"):
+        series = ev.drift_series(drifting_company, period=period)
+        with django_assert_num_queries(2):  # the counts per field and day, and the field names
+            rates = ev.correction_rates(drifting_company, period=period)
+        assert rates == {
+            name: [{k: p[k] for k in ("period", "decided", "correction_rate")} for p in points]
+            for name, points in series.items()
+        }
+    assert sum(p["decided"] for p in rates["company"]) == 6
+
+
 def test_queue_page_shows_the_drift_banner(drifting_company: DocumentType, reviewer: Any) -> None:
     body = admin_client(reviewer).get("/").content.decode()
     assert 'data-testid="drift-banner"' in body and "receipt.company" in body
