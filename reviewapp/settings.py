@@ -216,6 +216,8 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-stuck-evaluations": {"task": "reviewapp.evaluation.requeue_stuck_evaluations", "schedule": 60.0},
     "purge-idempotency-records": {"task": "extraction.tasks.purge_idempotency_records", "schedule": 3600.0},
     "requeue-lost-webhooks": {"task": "reviewapp.webhooks.requeue_lost_deliveries", "schedule": 60.0},
+    # Within the 10-minute cache of the drift banner, so that no queue request computes it.
+    "refresh-drift-alerts": {"task": "reviewapp.evaluation.refresh_drift_alerts", "schedule": 240.0},
 }
 # The embedded mode: with the in-memory broker no other process can see the queue, so a worker thread
 # runs inside the process that serves (see reviewapp/worker.py).

@@ -23,7 +23,14 @@ from __future__ import annotations
 
 from ..errors import ReviewAppError
 from .ab import ab_comparison
-from .drift import DriftAlert, correction_rates, drift_alerts, drift_alerts_all, drift_series
+from .drift import (
+    DriftAlert,
+    correction_rates,
+    drift_alerts,
+    drift_alerts_all,
+    drift_series,
+    refresh_drift_alerts,
+)
 from .gold import (
     DECIDED,
     GOLD_COLUMNS,
@@ -112,6 +119,7 @@ __all__ = [
     "promotion_gate",
     "prompt_promote",
     "prompt_rollback",
+    "refresh_drift_alerts",
     "report_from_dict",
     "report_table",
     "requeue_stuck_evaluations",

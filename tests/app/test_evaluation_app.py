@@ -508,6 +508,25 @@ def test_queue_page_shows_the_drift_banner(drifting_company: DocumentType, revie
     assert 'data-testid="drift-banner"' in body and "receipt.company" in body
 
 
+def test_beat_refreshes_the_drift_banner_so_requests_only_read_it(
+    drifting_company: DocumentType, reviewer: Any, monkeypatch: Any, settings: Any
+) -> None:
+    from django.core.cache import cache
+
+    from reviewapp.evaluation import drift
+
+    cache.delete(drift.DRIFT_CACHE_KEY)
+    assert ev.refresh_drift_alerts() == 1  # what beat runs every few minutes
+
+    def too_slow(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a request computed the drift alerts")
+
+    monkeypatch.setattr(drift, "drift_alerts", too_slow)
+    assert "receipt.company" in admin_client(reviewer).get("/").content.decode()
+    schedule = {e["task"]: e["schedule"] for e in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert schedule["reviewapp.evaluation.refresh_drift_alerts"] < drift.DRIFT_CACHE_SECONDS
+
+
 def test_no_drift_banner_without_drift(reviewed_receipt: Document, reviewer: Any) -> None:
     assert 'data-testid="drift-banner"' not in admin_client(reviewer).get("/").content.decode()
 
