@@ -16,7 +16,7 @@ from reviewapp import evaluation as ev
 from reviewapp import services
 from reviewapp.celery import app as celery_app
 from reviewapp.models import Evaluation, ExtractionRun, FieldValue
-from tests.app.test_worker import start_worker, wait_until
+from tests.app.test_worker import start_worker, stop_workers, wait_until
 from tests.conftest import RECEIPT, server_config
 from tests.llmserver import responder
 
@@ -72,11 +72,7 @@ def test_a_worker_killed_mid_evaluation_is_resumed_by_the_redelivery(
             "the evaluation to finish",
         )
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.communicate(timeout=30)
-        celery_app.conf.task_default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
+        stop_workers(first, second)
     evaluation.refresh_from_db()
     assert evaluation.status == "done", evaluation.error_message
     assert evaluation.attempts == 2 and evaluation.claim_token == killed.claim_token  # the same task, again

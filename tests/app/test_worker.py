@@ -110,6 +110,17 @@ def test_a_real_worker_process_extracts_queued_documents(
     assert "extraction.tasks.extract_document" in out
 
 
+def stop_workers(*procs: subprocess.Popen[bytes] | None) -> None:
+    """Stop the workers a test started (the ones still alive) and give the app back its default queue."""
+    from django.conf import settings
+
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.communicate(timeout=30)
+    celery_app.conf.task_default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
+
+
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,11 +177,7 @@ def test_a_worker_killed_mid_extraction_loses_and_duplicates_nothing(
             "every document to finish",
         )
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.communicate(timeout=30)
-        celery_app.conf.task_default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
+        stop_workers(first, second)
     for doc in Document.objects.filter(pk__in=ids):
         assert doc.status in ("needs_review", "auto_accepted"), (doc.pk, doc.status, doc.status_reason)
         runs = list(doc.runs.values_list("status", flat=True))
