@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from extraction.providers import answer as offline_answer
 from reviewapp import evaluation as ev
 from reviewapp import services
-from reviewapp.celery import app as celery_app
 from reviewapp.models import Evaluation, ExtractionRun, FieldValue
-from tests.app.test_worker import start_worker, stop_workers, wait_until
-from tests.conftest import RECEIPT, server_config
-from tests.llmserver import responder
+from tests.app.test_worker import slow_model_queue, start_worker, stop_workers, wait_until
+from tests.conftest import RECEIPT
 
 DOCUMENTS = 8
 
@@ -38,17 +33,7 @@ def test_a_worker_killed_mid_evaluation_is_resumed_by_the_redelivery(
         services.field_decide(user=reviewer, field_id=fv.pk, action="accept", version=fv.version)
 
     # The worker's model answers like the offline one but slowly, so the kill lands mid-evaluation.
-    llm.default = responder(lambda body: offline_answer(body["messages"]), delay=0.5)
-    config = tmp_path / "llm.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            server_config(llm.base_url, retries=0, fallbacks=[], classify="primary", verify="primary")
-        )
-    )
-    env = {"REVIEWAPP_LLM_CONFIG": str(config), "CELERY_VISIBILITY_TIMEOUT": "6"}
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    celery_app.conf.task_always_eager = False
-    celery_app.conf.task_default_queue = queue
+    queue, env = slow_model_queue(llm, tmp_path, delay=0.5)
     first = start_worker(queue, broker, **env)
     second = None
     try:

@@ -110,6 +110,20 @@ def test_a_real_worker_process_extracts_queued_documents(
     assert "extraction.tasks.extract_document" in out
 
 
+def slow_model_queue(llm: Any, tmp_path: Path, *, delay: float) -> tuple[str, dict[str, str]]:
+    """Make every step's model answer like the offline one after `delay` s, and send tasks to a private
+    queue; return the queue and the environment for start_worker (a short visibility timeout, so that a
+    killed worker's jobs come back quickly)."""
+    llm.default = responder(lambda body: offline_answer(body["messages"]), delay=delay)
+    config = tmp_path / "llm.yaml"
+    cfg = server_config(llm.base_url, retries=0, fallbacks=[], classify="primary", verify="primary")
+    config.write_text(yaml.safe_dump(cfg))
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    celery_app.conf.task_always_eager = False
+    celery_app.conf.task_default_queue = queue
+    return queue, {"REVIEWAPP_LLM_CONFIG": str(config), "CELERY_VISIBILITY_TIMEOUT": "6"}
+
+
 def stop_workers(*procs: subprocess.Popen[bytes] | None) -> None:
     """Stop the workers a test started (the ones still alive) and give the app back its default queue."""
     from django.conf import settings
@@ -139,14 +153,7 @@ def test_a_worker_killed_mid_extraction_loses_and_duplicates_nothing(
     if not broker.startswith("redis://"):
         pytest.skip("needs CELERY_BROKER_URL=redis://… (make test sets it)")
     # The model answers like the offline model but takes its time, so the kill lands mid-extraction.
-    llm.default = responder(lambda body: offline_answer(body["messages"]), delay=1.0)
-    config = tmp_path / "llm.yaml"
-    cfg = server_config(llm.base_url, retries=0, fallbacks=[], classify="primary", verify="primary")
-    config.write_text(yaml.safe_dump(cfg))
-    env = {"REVIEWAPP_LLM_CONFIG": str(config), "CELERY_VISIBILITY_TIMEOUT": "6"}
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    celery_app.conf.task_always_eager = False
-    celery_app.conf.task_default_queue = queue
+    queue, env = slow_model_queue(llm, tmp_path, delay=1.0)
     first = start_worker(queue, broker, **env)
     second = None
     try:
