@@ -68,3 +68,16 @@ def purge_idempotency_records() -> int:
     deleted = idempotency.purge_expired()
     log.info("purged %s expired idempotency records", deleted)
     return deleted
+
+
+@shared_task(name="extraction.tasks.purge_llm_calls")
+def purge_llm_calls() -> int:
+    """Apply REVIEWAPP_LLM_CALL_RETENTION_DAYS (Celery beat, daily); 0 keeps every call."""
+    from reviewapp import services
+
+    days = settings.REVIEWAPP_LLM_CALL_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    deleted = services.llm_calls_purge(older_than=timedelta(days=days))
+    log.info("purged %s LLM calls older than %s days", deleted, days)
+    return deleted

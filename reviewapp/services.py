@@ -577,6 +577,27 @@ def requeue_stuck(*, older_than: timedelta) -> dict[str, int]:
     return {"requeued": requeued, "failed": failed}
 
 
+def llm_calls_purge(*, older_than: timedelta, batch: int = 5000) -> int:
+    """Delete old successful LLM calls of finished documents (their prompts and answers); return how many.
+
+    The stored calls are most of the database's growth (about 30 KB a document). Kept whatever their age:
+    failed and repaired calls (the raw failures are what prompt tuning needs), calls of evaluation runs,
+    and calls of documents still waiting for review. A run keeps its totals (tokens, cost, duration).
+    """
+    cutoff = timezone.now() - older_than
+    old = LLMCall.objects.filter(
+        created_at__lt=cutoff,
+        error_class="",
+        parse_status="ok",
+        run__evaluation__isnull=True,
+        document__status__in=[Status.REVIEWED, Status.AUTO_ACCEPTED],
+    ).order_by()
+    deleted = 0
+    while ids := list(old.values_list("pk", flat=True)[:batch]):
+        deleted += LLMCall.objects.filter(pk__in=ids).delete()[0]
+    return deleted
+
+
 # --- review ----------------------------------------------------------------------------------------------
 Action = ReviewDecision.Action
 

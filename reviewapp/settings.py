@@ -218,6 +218,7 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-stuck-documents": {"task": "extraction.tasks.requeue_stuck_documents", "schedule": 60.0},
     "requeue-stuck-evaluations": {"task": "reviewapp.evaluation.requeue_stuck_evaluations", "schedule": 60.0},
     "purge-idempotency-records": {"task": "extraction.tasks.purge_idempotency_records", "schedule": 3600.0},
+    "purge-llm-calls": {"task": "extraction.tasks.purge_llm_calls", "schedule": 24 * 3600.0},
     "requeue-lost-webhooks": {"task": "reviewapp.webhooks.requeue_lost_deliveries", "schedule": 60.0},
     # Within the 10-minute cache of the drift banner, so that no queue request computes it.
     "refresh-drift-alerts": {"task": "reviewapp.evaluation.refresh_drift_alerts", "schedule": 240.0},
@@ -240,6 +241,10 @@ REVIEWAPP_EVALUATION_STUCK_AFTER_SECONDS = env_int("REVIEWAPP_EVALUATION_STUCK_A
 REVIEWAPP_EVALUATION_MAX_ATTEMPTS = env_int("REVIEWAPP_EVALUATION_MAX_ATTEMPTS", 3)
 # How long an API Idempotency-Key is remembered (reviewapp/api/idempotency.py); older records are purged.
 REVIEWAPP_IDEMPOTENCY_TTL_SECONDS = env_int("REVIEWAPP_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+# Successful LLM calls of finished documents older than this are deleted daily (services.llm_calls_purge);
+# failures, evaluation runs and open documents are kept. 0 keeps everything. The admin's per prompt/model
+# call statistics then cover this window.
+REVIEWAPP_LLM_CALL_RETENTION_DAYS = env_int("REVIEWAPP_LLM_CALL_RETENTION_DAYS", 0)
 REVIEWAPP_AUDIT_SAMPLE_RATE = env_float("REVIEWAPP_AUDIT_SAMPLE_RATE", 0.0)
 
 LANGFUSE_PUBLIC_KEY = env_str("LANGFUSE_PUBLIC_KEY") or ""

@@ -280,3 +280,30 @@ def test_a_crash_mid_run_fails_the_document_and_its_run(
     assert doc.status == "failed" and doc.status_reason == "internal_error: RuntimeError: a bug"
     run = doc.runs.get()
     assert (run.status, run.error_code) == ("failed", "internal_error") and run.finished_at is not None
+
+
+def test_old_successful_calls_of_finished_documents_are_purged_and_the_rest_kept(
+    make_document: Any, settings: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from extraction.tasks import purge_llm_calls
+
+    done, waiting = make_document(), make_document(filename="again.txt")
+    Document.objects.filter(pk=done.pk).update(status="reviewed")
+    Document.objects.filter(pk=waiting.pk).update(status="needs_review")
+    LLMCall.objects.filter(document=done, step="verify").update(parse_status="repaired")
+    failed = LLMCall.objects.create(
+        run=done.current_run, document=done, step="extract", error_class="RateLimitError", parse_status=""
+    )
+    LLMCall.objects.update(created_at=timezone.now() - timedelta(days=40))
+    settings.REVIEWAPP_LLM_CALL_RETENTION_DAYS = 0
+    assert purge_llm_calls() == 0  # off by default: every call is kept
+    settings.REVIEWAPP_LLM_CALL_RETENTION_DAYS = 30
+    assert purge_llm_calls() == 2  # the reviewed document's classify and extract calls
+    kept = set(LLMCall.objects.filter(document=done).values_list("step", "parse_status"))
+    assert kept == {("verify", "repaired"), ("extract", "")} and LLMCall.objects.filter(pk=failed.pk).exists()
+    assert LLMCall.objects.filter(document=waiting).count() == 3  # still open for review
+    assert services.llm_calls_purge(older_than=timedelta(days=60)) == 0  # younger than that: kept
