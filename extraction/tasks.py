@@ -32,7 +32,7 @@ def extract_document(self, document_id: int) -> str:
         log.warning("document %s: database unavailable, retry in %ss: %s", document_id, countdown, exc)
         raise self.retry(exc=exc, countdown=countdown, max_retries=30) from exc
     except SoftTimeLimitExceeded:
-        services.extraction_abort(
+        services.extraction_fail(
             document_id=document_id,
             token=token,
             code="timeout",
@@ -42,7 +42,7 @@ def extract_document(self, document_id: int) -> str:
     except Exception as exc:
         # A bug or an outage we did not foresee: the document must not stay 'extracting' forever.
         log.exception("extraction of document %s crashed", document_id)
-        services.extraction_abort(
+        services.extraction_fail(
             document_id=document_id,
             token=token,
             code="internal_error",

@@ -322,32 +322,28 @@ def _forget_candidates(**kwargs: Any) -> None:
     _candidates = (0.0, [])
 
 
-def _fail(document: Document, run: ExtractionRun | None, code: str, message: str) -> None:
+def extraction_fail(
+    *, document_id: int, token: str, code: str, message: str, run: ExtractionRun | None = None
+) -> bool:
+    """Fail this delivery's document and its running run, and emit document.failed.
+
+    For every way a run ends badly: a step failed (`run` given), the task crashed or timed out, or the
+    document was redelivered too often. Return False when the document is not ours any more.
+    """
     now = timezone.now()
+    runs = ExtractionRun.objects.filter(
+        document_id=document_id, task_id=token, status=ExtractionRun.Status.RUNNING
+    )
+    closed: dict[str, Any] = {"finished_at": now}
     if run is not None:
-        ExtractionRun.objects.filter(pk=run.pk).update(
-            status=ExtractionRun.Status.FAILED,
-            error_code=code,
-            error_message=message[:4000],
-            finished_at=now,
-            duration_ms=int((now - run.started_at).total_seconds() * 1000),
-        )
-    Document.objects.filter(
-        pk=document.pk, status=Status.EXTRACTING, claim_token=document.claim_token
-    ).update(status=Status.FAILED, status_reason=f"{code}: {message}"[:4000], updated_at=now)
-
-
-def extraction_abort(*, document_id: int, token: str, code: str, message: str) -> bool:
-    """Fail this delivery's document and run after a crash or a timeout; False if it is not ours any more."""
-    now = timezone.now()
+        runs = runs.filter(pk=run.pk)
+        closed["duration_ms"] = int((now - run.started_at).total_seconds() * 1000)
     with transaction.atomic():
         failed = Document.objects.filter(pk=document_id, status=Status.EXTRACTING, claim_token=token).update(
             status=Status.FAILED, status_reason=f"{code}: {message}"[:4000], updated_at=now
         )
-        ExtractionRun.objects.filter(
-            document_id=document_id, task_id=token, status=ExtractionRun.Status.RUNNING
-        ).update(
-            status=ExtractionRun.Status.FAILED, error_code=code, error_message=message[:4000], finished_at=now
+        runs.update(
+            status=ExtractionRun.Status.FAILED, error_code=code, error_message=message[:4000], **closed
         )
         if failed:
             webhooks.emit(document_id, "document.failed")
@@ -364,11 +360,11 @@ def extraction_execute(*, document_id: int, token: str) -> str:
     if document is None:
         return "skipped"
     if document.deliveries > settings.REVIEWAPP_MAX_DELIVERIES:
-        _fail(
-            document,
-            None,
-            "gave_up",
-            f"extraction was started {document.deliveries - 1} times without finishing",
+        extraction_fail(
+            document_id=document_id,
+            token=token,
+            code="gave_up",
+            message=f"extraction was started {document.deliveries - 1} times without finishing",
         )
         return "failed"
     if document.deliveries > 1:
@@ -391,7 +387,8 @@ def extraction_execute(*, document_id: int, token: str) -> str:
         outcome, trace = run_pipeline(document=document, run=run, calls=calls)
         if isinstance(outcome, PipelineError):
             calls.flush()
-            _fail(document, run, outcome.code, f"{outcome.step} step: {outcome}")
+            message = f"{outcome.step} step: {outcome}"
+            extraction_fail(document_id=document_id, token=token, code=outcome.code, message=message, run=run)
             _export_trace(document, run, trace, "failed", f"{outcome.code}: {outcome}")
             return "failed"
         status = _store_result(document, run, outcome, trace, started, calls)

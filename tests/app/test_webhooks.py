@@ -380,3 +380,24 @@ def test_a_retry_plans_its_next_attempt(make_document: Any, subscribe: Any, rece
     wait = (delivery.next_attempt_at - before).total_seconds()
     assert webhooks.BACKOFF_BASE_SECONDS <= wait <= 2 * webhooks.BACKOFF_BASE_SECONDS + 5
     assert webhooks.requeue_lost() == 0  # planned, not lost
+
+
+def test_a_failed_step_fails_the_document_and_emits_document_failed(
+    make_document: Any, subscribe: Any, receiver: Receiver, monkeypatch: Any
+) -> None:
+    from extraction.gateway import Trace
+    from extraction.pipeline import PipelineError
+    from reviewapp import services
+
+    subscribe(events=("document.failed",))
+
+    def failing(**kwargs: Any) -> Any:
+        return PipelineError(
+            "every model for extract failed", step="extract", code="all_routes_failed"
+        ), Trace()
+
+    monkeypatch.setattr(services, "run_pipeline", failing)
+    doc = make_document()
+    assert doc.status == "failed" and doc.status_reason.startswith("all_routes_failed: extract step")
+    assert (doc.runs.get().status, doc.runs.get().error_code) == ("failed", "all_routes_failed")
+    assert receiver.events() == ["document.failed"]
