@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -51,6 +51,24 @@ def _production_fields(document_type: DocumentType, period: str, periods: int, n
     ).order_by()  # FieldValue's default ordering would sort every row for nothing
 
 
+def _rate(corrected: int, decided: int) -> float | None:
+    return corrected / decided if decided else None
+
+
+def _per_field(
+    document_type: DocumentType,
+    buckets: dict[tuple[str, date], Any],
+    point: Callable[[date, Any], dict[str, Any]],
+) -> dict[str, list[dict[str, Any]]]:
+    """Lay (field, period) buckets out per field, oldest period first; fields with no data get []."""
+    out: dict[str, list[dict[str, Any]]] = {
+        f: [] for f in document_type.fields.order_by("position", "id").values_list("name", flat=True)
+    }
+    for (name, start_day), b in sorted(buckets.items(), key=lambda kv: kv[0][1]):
+        out.setdefault(name, []).append(point(start_day, b))
+    return out
+
+
 def correction_rates(
     document_type: DocumentType, *, period: str = "day", periods: int = 28, now: datetime | None = None
 ) -> dict[str, list[dict[str, Any]]]:
@@ -76,18 +94,11 @@ def correction_rates(
         b = buckets.setdefault((name, _period_start(day, period)), [0, 0])
         b[0] += n_decided
         b[1] += n_corrected
-    out: dict[str, list[dict[str, Any]]] = {
-        f: [] for f in document_type.fields.order_by("position", "id").values_list("name", flat=True)
-    }
-    for (name, start_day), (n_decided, n_corrected) in sorted(buckets.items(), key=lambda kv: kv[0][1]):
-        out.setdefault(name, []).append(
-            {
-                "period": start_day,
-                "decided": n_decided,
-                "correction_rate": n_corrected / n_decided if n_decided else None,
-            }
-        )
-    return out
+    return _per_field(
+        document_type,
+        buckets,
+        lambda start_day, b: {"period": start_day, "decided": b[0], "correction_rate": _rate(b[1], b[0])},
+    )
 
 
 def drift_series(
@@ -113,26 +124,22 @@ def drift_series(
         if status in DECIDED:
             b["decided"] += 1
             b["corrected"] += status != FieldValue.Status.ACCEPTED
-    out: dict[str, list[dict[str, Any]]] = {
-        f: [] for f in document_type.fields.order_by("position", "id").values_list("name", flat=True)
-    }
-    for (name, start_day), b in sorted(buckets.items(), key=lambda kv: kv[0][1]):
-        n = len(b["conf"])
+
+    def point(start_day: date, b: dict[str, Any]) -> dict[str, Any]:
         q1, median, q3 = _quartiles(b["conf"])
-        out.setdefault(name, []).append(
-            {
-                "period": start_day,
-                "n": n,
-                "mean": statistics.fmean(b["conf"]),
-                "q1": q1,
-                "median": median,
-                "q3": q3,
-                "review_rate": b["reviewed"] / n,
-                "decided": b["decided"],
-                "correction_rate": b["corrected"] / b["decided"] if b["decided"] else None,
-            }
-        )
-    return out
+        return {
+            "period": start_day,
+            "n": len(b["conf"]),
+            "mean": statistics.fmean(b["conf"]),
+            "q1": q1,
+            "median": median,
+            "q3": q3,
+            "review_rate": b["reviewed"] / len(b["conf"]),
+            "decided": b["decided"],
+            "correction_rate": _rate(b["corrected"], b["decided"]),
+        }
+
+    return _per_field(document_type, buckets, point)
 
 
 @dataclass(frozen=True)
