@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Subquery
+from django.db import connection
+from django.db.models import Count, Q, QuerySet, Subquery, Value
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
@@ -155,35 +156,75 @@ def queue_order(filters: QueueFilters) -> list[str]:
 
 
 def queue_candidates(
-    base: QuerySet[FieldValue], workspace_ids: list[int], order: list[str], n: int = 20
+    base: QuerySet[FieldValue],
+    workspace_ids: list[int],
+    order: list[str],
+    n: int = 20,
+    held: QuerySet[FieldValue] | None = None,
 ) -> Any:
-    """Return (pk, *order) of the first `n` fields of `base` in queue order.
+    """Return (pk, held, *order) of the first `n` fields of `base` in queue order, after the first field of
+    `held` (the fields the reviewer holds; `held` is True on its row) when given.
 
     One index-ordered subquery per workspace, merged by UNION ALL: the partial indexes fv_queue and
     fv_queue_age return one workspace's open fields in order, but for an IN list of several workspaces
     PostgreSQL reads every open field and sorts them (358 ms instead of 0.2 ms at 1 M fields, see bench/).
     """
     parts = [
-        base.filter(workspace_id=w).order_by(*order).values_list("pk", *order)[:n] for w in workspace_ids
+        base.filter(workspace_id=w)
+        .annotate(held=Value(False))
+        .order_by(*order)
+        .values_list("pk", "held", *order)[:n]
+        for w in workspace_ids
     ]
+    if held is not None:
+        parts.insert(
+            0, held.annotate(held=Value(True)).order_by(*order).values_list("pk", "held", *order)[:1]
+        )
     if not parts:
         return []
     if len(parts) == 1:
         return parts[0]
-    return parts[0].union(*parts[1:], all=True).order_by(*order)[:n]
+    if connection.features.supports_slicing_ordering_in_compound:
+        return parts[0].union(*parts[1:], all=True).order_by("-held", *order)[:n]
+    # SQLite (the embedded demo) cannot order or limit the parts of a UNION: merge them here.
+    return sorted((row for part in parts for row in part), key=lambda r: (not r[1], *r[2:]))[:n]
 
 
 OPEN_COUNT_CAP = 1000  # "1000+": counting every open field costs a scan of all of them
 
 
 def queue_counts(user: Any, filters: QueueFilters | None = None) -> dict[str, int]:
-    """Return the counts shown above the queue: open fields, and today's decisions by this user."""
-    open_count = open_fields(user, filters).order_by()[: OPEN_COUNT_CAP + 1].count()
-    since = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    """Return the counts shown above the queue: open fields (capped), and today's decisions by this user.
+
+    Both in one statement: every queue response shows them."""
     from .models import ReviewDecision
 
-    done_today = ReviewDecision.objects.filter(reviewer=user, created_at__gte=since).count()
+    since = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    open_sql, open_params = (
+        open_fields(user, filters).order_by().values("pk")[: OPEN_COUNT_CAP + 1].query.sql_with_params()
+    )
+    done_sql, done_params = (
+        ReviewDecision.objects.filter(reviewer=user, created_at__gte=since)
+        .values("pk")
+        .query.sql_with_params()
+    )
+    with connection.cursor() as cur:
+        cur.execute(
+            # Both parts are the ORM's SQL with their values passed as parameters: nothing is interpolated.
+            f"SELECT (SELECT COUNT(*) FROM ({open_sql}) o), (SELECT COUNT(*) FROM ({done_sql}) d)",  # noqa: S608
+            [*open_params, *done_params],
+        )
+        open_count, done_today = cur.fetchone()
     return {"open": open_count, "done_today": done_today}
+
+
+def queue_filter_choices(user: Any) -> dict[str, list[dict[str, Any]]]:
+    """Return the options of the queue's filter form: the user's workspaces (pk, name) and the document
+    types (slug, name), as plain rows."""
+    return {
+        "workspaces": list(workspaces_for(user).values("pk", "name")),
+        "document_types": list(document_types().values("slug", "name")),
+    }
 
 
 def document_status_counts(user: Any) -> dict[str, int]:
@@ -210,14 +251,26 @@ def document_fields(document: Document) -> list[FieldValue]:
     return list(_current_run_fields(document).select_related("field_spec", "reviewer", "claimed_by"))
 
 
-def queue_siblings(document: Document) -> list[FieldValue]:
-    """Return document_fields with only what the queue's "other fields" list shows (name, value, status):
-    the queue renders it on every request, and whole rows with their users cost 2.7 ms instead of 1.1."""
-    return list(
-        _current_run_fields(document)
-        .select_related("field_spec")
-        .only("id", "status", "value", "final_value", "field_spec__name", "field_spec__position")
+def queue_siblings(document: Document) -> list[dict[str, Any]]:
+    """Return the rows of the queue's "other fields" list, in schema order: pk, status, its label, the field's
+    name and the value shown (the final value, else the model's, else a dash).
+
+    Plain rows, not models: the queue renders this on every request (whole rows with their users cost 2.7 ms,
+    models with only these columns 1.1 ms, these rows ~0.4 ms)."""
+    labels = dict(FieldValue.Status.choices)
+    rows = _current_run_fields(document).values_list(
+        "id", "status", "value", "final_value", "field_spec__name"
     )
+    return [
+        {
+            "pk": pk,
+            "status": status,
+            "label": labels.get(status, status),
+            "name": name,
+            "shown": final if final is not None else "—" if value is None else value,
+        }
+        for pk, status, value, final, name in rows
+    ]
 
 
 def document_history(document: Document) -> QuerySet[Any]:

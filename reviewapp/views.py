@@ -38,15 +38,16 @@ def _skip_ids(request: HttpRequest) -> tuple[int, ...]:
 
 def _item_context(request: HttpRequest, item: FieldValue | None, **extra: Any) -> dict[str, Any]:
     filters = selectors.QueueFilters.from_query(request.GET if request.method == "GET" else request.POST)
+    query, skip = filters.as_query(), [str(i) for i in _skip_ids(request)]
     ctx: dict[str, Any] = {
         "item": item,
         "filters": filters,
-        "filter_query": filters.as_query(),
-        "filter_qs": urlencode(filters.as_query()),
+        "filter_query": query,
+        "filter_qs": urlencode(query),
         "counts": selectors.queue_counts(request.user, filters),
-        "skip": ",".join(str(i) for i in _skip_ids(request)),
-        "skip_prev": ",".join(str(i) for i in _skip_ids(request)[:-1]),
-        "skip_last": _skip_ids(request)[-1] if _skip_ids(request) else "",
+        "skip": ",".join(skip),
+        "skip_prev": ",".join(skip[:-1]),
+        "skip_last": skip[-1] if skip else "",
         **extra,
     }
     if item is not None:
@@ -83,14 +84,10 @@ def queue(request: HttpRequest) -> HttpResponse:
         skip=_skip_ids(request),
         prefer=int(prefer) if prefer.isdigit() else None,
     )
-    ctx = _item_context(
-        request,
-        item,
-        workspaces=selectors.workspaces_for(request.user),
-        document_types=selectors.document_types(),
-    )
-    template = QUEUE_TEMPLATE + "#item" if request.htmx else QUEUE_TEMPLATE
-    return render(request, template, ctx)
+    if request.htmx:
+        return render(request, QUEUE_TEMPLATE + "#item", _item_context(request, item))
+    ctx = _item_context(request, item, **selectors.queue_filter_choices(request.user))
+    return render(request, QUEUE_TEMPLATE, ctx)
 
 
 @require_POST
