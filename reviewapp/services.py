@@ -608,6 +608,17 @@ def _close_document_if_done(document_id: int, run_id: int) -> None:
         webhooks.emit(document_id, "document.reviewed")
 
 
+def _current_run_id() -> Any:
+    """The id of the field's document's current run (Document.current_run) as a subquery: the decision reads
+    it with the locked row instead of in a query of its own."""
+    from django.db.models import OuterRef, Subquery
+
+    runs = ExtractionRun.objects.filter(
+        document_id=OuterRef("document_id"), status=ExtractionRun.Status.SUCCEEDED, evaluation__isnull=True
+    )
+    return Subquery(runs.order_by("-id").values("pk")[:1])
+
+
 def field_decide(
     *,
     user: Any,
@@ -622,73 +633,81 @@ def field_decide(
     `version` is the row version the reviewer saw; if the row changed since (someone else decided), raise
     StaleDecision instead of overwriting. The row is locked for the read-check-write.
     """
+    with transaction.atomic():
+        return _decide(user=user, field_id=field_id, action=action, version=version, value=value, bulk=bulk)
+
+
+def _decide(
+    *, user: Any, field_id: int, action: str, version: int | None, value: Any, bulk: bool
+) -> FieldValue:
+    """field_decide's work; the caller holds the transaction."""
     if action not in Action.values:
         raise InvalidCorrection(f"unknown action {action!r}", code="invalid_action")
-    with transaction.atomic():
+    try:
+        fv = (
+            FieldValue.objects.select_for_update(of=("self",))
+            .select_related("field_spec")
+            .annotate(current_run_id=_current_run_id())
+            .get(pk=field_id, workspace_id__in=workspace_ids(user))
+        )
+    except FieldValue.DoesNotExist:
+        raise NotFound("No such field.") from None
+    if version is not None and fv.version != version:
+        who = f" by {fv.reviewer}" if fv.reviewer_id else ""
+        raise StaleDecision(
+            f"This field was changed{who} after you loaded it; reload to see the current value."
+        )
+    if fv.claim_is_live() and fv.claimed_by_id not in (None, user.pk):
+        raise StaleDecision("Another reviewer is working on this field.", code="claimed")
+    if fv.current_run_id != fv.run_id:  # the current run is a succeeded one by definition
+        raise AlreadyDecided("This value belongs to an older extraction of the document.")
+    spec = fv.field_spec.to_data()
+    before_status, before_value = (
+        fv.status,
+        fv.final_value if fv.status in FieldValue.DECIDED else fv.value,
+    )
+    if action == Action.ACCEPT:
+        fv.status, fv.final_value = FieldValue.Status.ACCEPTED, fv.value
+    elif action == Action.REJECT:
+        fv.status, fv.final_value = FieldValue.Status.REJECTED, None
+    else:
         try:
-            fv = (
-                FieldValue.objects.select_for_update(of=("self",))
-                .select_related("field_spec", "document", "run")
-                .get(pk=field_id, workspace_id__in=workspace_ids(user))
+            corrected = normalize(spec, value)
+        except InvalidValue as exc:
+            raise InvalidCorrection(str(exc), details={"field": spec.name}) from exc
+        if corrected is None and spec.required:
+            raise InvalidCorrection(
+                f"{spec.name} is required: enter a value or reject it", details={"field": spec.name}
             )
-        except FieldValue.DoesNotExist:
-            raise NotFound("No such field.") from None
-        if version is not None and fv.version != version:
-            who = f" by {fv.reviewer}" if fv.reviewer_id else ""
-            raise StaleDecision(
-                f"This field was changed{who} after you loaded it; reload to see the current value."
-            )
-        if fv.claim_is_live() and fv.claimed_by_id not in (None, user.pk):
-            raise StaleDecision("Another reviewer is working on this field.", code="claimed")
-        if fv.run.status != ExtractionRun.Status.SUCCEEDED or fv.document.current_run != fv.run:
-            raise AlreadyDecided("This value belongs to an older extraction of the document.")
-        spec = fv.field_spec.to_data()
-        before_status, before_value = (
-            fv.status,
-            fv.final_value if fv.status in FieldValue.DECIDED else fv.value,
-        )
-        if action == Action.ACCEPT:
-            fv.status, fv.final_value = FieldValue.Status.ACCEPTED, fv.value
-        elif action == Action.REJECT:
-            fv.status, fv.final_value = FieldValue.Status.REJECTED, None
-        else:
-            try:
-                corrected = normalize(spec, value)
-            except InvalidValue as exc:
-                raise InvalidCorrection(str(exc), details={"field": spec.name}) from exc
-            if corrected is None and spec.required:
-                raise InvalidCorrection(
-                    f"{spec.name} is required: enter a value or reject it", details={"field": spec.name}
-                )
-            same = values_equal(spec, corrected, fv.value)
-            fv.status = FieldValue.Status.ACCEPTED if same else FieldValue.Status.CORRECTED
-            fv.final_value = fv.value if same else corrected
-        fv.reviewer, fv.reviewed_at = user, timezone.now()
-        fv.version += 1
-        fv.claimed_by, fv.claim_expires_at = None, None
-        fv.save(
-            update_fields=[
-                "status",
-                "final_value",
-                "reviewer",
-                "reviewed_at",
-                "version",
-                "claimed_by",
-                "claim_expires_at",
-            ]
-        )
-        ReviewDecision.objects.create(
-            field_value=fv,
-            document_id=fv.document_id,
-            reviewer=user,
-            action=action,
-            before_status=before_status,
-            after_status=fv.status,
-            before_value=before_value,
-            after_value=fv.final_value,
-            bulk=bulk,
-        )
-        _close_document_if_done(fv.document_id, fv.run_id)
+        same = values_equal(spec, corrected, fv.value)
+        fv.status = FieldValue.Status.ACCEPTED if same else FieldValue.Status.CORRECTED
+        fv.final_value = fv.value if same else corrected
+    fv.reviewer, fv.reviewed_at = user, timezone.now()
+    fv.version += 1
+    fv.claimed_by, fv.claim_expires_at = None, None
+    fv.save(
+        update_fields=[
+            "status",
+            "final_value",
+            "reviewer",
+            "reviewed_at",
+            "version",
+            "claimed_by",
+            "claim_expires_at",
+        ]
+    )
+    ReviewDecision.objects.create(
+        field_value=fv,
+        document_id=fv.document_id,
+        reviewer=user,
+        action=action,
+        before_status=before_status,
+        after_status=fv.status,
+        before_value=before_value,
+        after_value=fv.final_value,
+        bulk=bulk,
+    )
+    _close_document_if_done(fv.document_id, fv.run_id)
     return fv
 
 
@@ -728,6 +747,9 @@ def _lease_update(queryset: Any, **values: Any) -> int:
         return queryset.update(**values)
 
 
+LEASE_REFRESH_SECONDS = 60  # a held lease is extended only once it has less than lease - 60 s left
+
+
 def queue_claim_next(
     *,
     user: Any,
@@ -735,46 +757,84 @@ def queue_claim_next(
     skip: tuple[int, ...] = (),
     prefer: int | None = None,
     lease_seconds: int = 300,
+    likely_held: bool = True,
 ) -> FieldValue | None:
     """Claim the next open field for `user` with an expiring lease; return None when the queue is empty.
 
-    Two reviewers never get the same field: the claim is a conditional UPDATE that only succeeds while
-    nobody else holds a live lease, retried on the next candidate when it loses the race.
+    A field `user` already holds (a reload, another tab, the field left by going back) comes first, then the
+    queue's order. Two reviewers never get the same field: the claim is a conditional UPDATE that only
+    succeeds while nobody else holds a live lease, retried on the next candidate when it loses the race.
+    `likely_held` only picks the cheaper plan: the held field with its related rows in one query (a page
+    reload), or the held field and the candidates in one query (after a decision, which ends the lease).
     """
     from .selectors import open_fields, queue_candidates, queue_order
 
     now = timezone.now()
+    expires = now + timedelta(seconds=lease_seconds)
+    order = queue_order(filters)
     free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
-    base = open_fields(user, filters).filter(free).exclude(pk__in=skip)
+    open_ = open_fields(user, filters)
+    if skip:
+        open_ = open_.exclude(pk__in=skip)
     # Going back (k) to a field skipped earlier takes it again, if nobody else took it meanwhile.
     if prefer is not None and _lease_update(
-        FieldValue.objects.filter(Q(pk=prefer) & Q(pk__in=base.values("pk")) & free),
+        FieldValue.objects.filter(Q(pk=prefer) & Q(pk__in=open_.filter(free).values("pk")) & free),
         claimed_by=user,
-        claim_expires_at=now + timedelta(seconds=lease_seconds),
+        claim_expires_at=expires,
     ):
         return FieldValue.objects.select_related(*CLAIM_RELATED).get(pk=prefer)
-    # The claimed item is rendered with its document, type and field spec: fetch them in the same query.
-    mine = (
-        base.filter(claimed_by=user, claim_expires_at__gte=now)
-        .select_related(*CLAIM_RELATED)
-        .order_by(*queue_order(filters))
-        .first()
-    )
-    if mine is not None:
-        _lease_update(
-            FieldValue.objects.filter(pk=mine.pk), claim_expires_at=now + timedelta(seconds=lease_seconds)
-        )
-        return mine
+    held = open_.filter(claimed_by=user, claim_expires_at__gte=now)
+    if likely_held:
+        # The held item is rendered with its document, type and field spec: fetch them in the same query.
+        mine = held.select_related(*CLAIM_RELATED).order_by(*order).first()
+        if mine is not None:
+            _lease_extend(mine, expires, lease_seconds)
+            return mine
+        held = None
     ids = [filters.workspace] if filters.workspace is not None else workspace_ids(user)
-    for candidate_id, *_ in queue_candidates(base, ids, queue_order(filters)):
+    for candidate_id, is_held, *_ in queue_candidates(open_.filter(free), ids, order, held=held):
+        if is_held:
+            mine = FieldValue.objects.select_related(*CLAIM_RELATED).get(pk=candidate_id)
+            _lease_extend(mine, expires, lease_seconds)
+            return mine
         won = _lease_update(
             FieldValue.objects.filter(Q(pk=candidate_id) & Q(status=FieldValue.Status.NEEDS_REVIEW) & free),
             claimed_by=user,
-            claim_expires_at=now + timedelta(seconds=lease_seconds),
+            claim_expires_at=expires,
         )
         if won:
             return FieldValue.objects.select_related(*CLAIM_RELATED).get(pk=candidate_id)
     return None
+
+
+def _lease_extend(fv: FieldValue, expires: Any, lease_seconds: int) -> None:
+    """Extend the lease `fv`'s reviewer holds, unless it was taken or extended in the last minute: a page
+    reloaded right after the claim (the accept's response) does not write the row again."""
+    if fv.claim_expires_at is None or expires - fv.claim_expires_at > timedelta(
+        seconds=LEASE_REFRESH_SECONDS
+    ):
+        _lease_update(FieldValue.objects.filter(pk=fv.pk), claim_expires_at=expires)
+        fv.claim_expires_at = expires
+
+
+def queue_decide_next(
+    *,
+    user: Any,
+    field_id: int,
+    action: str,
+    version: int | None,
+    value: Any,
+    filters: Any,
+    skip: tuple[int, ...] = (),
+) -> tuple[FieldValue, FieldValue | None]:
+    """Record the decision (field_decide) and claim the reviewer's next field (queue_claim_next), in one
+    transaction: one commit, and the lease of the next field is written with the decision. If the decision
+    is refused nothing is claimed."""
+    with transaction.atomic():
+        decided = _decide(
+            user=user, field_id=field_id, action=action, version=version, value=value, bulk=False
+        )
+        return decided, queue_claim_next(user=user, filters=filters, skip=skip, likely_held=False)
 
 
 def queue_release(*, user: Any, field_id: int) -> None:

@@ -92,18 +92,22 @@ def queue(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def decide(request: HttpRequest, field_id: int) -> HttpResponse:
-    action = request.POST.get("action", "")
-    version = int(request.POST["version"]) if request.POST.get("version", "").isdigit() else None
+    raw_version = request.POST.get("version", "")
+    decision = {
+        "user": request.user,
+        "field_id": field_id,
+        "action": request.POST.get("action", ""),
+        "version": int(raw_version) if raw_version.isdigit() else None,
+        "value": request.POST.get("value"),
+    }
     on_document_page = request.POST.get("from") == "document"
+    filters = selectors.QueueFilters.from_query(request.POST)
     error: ReviewAppError | None = None
     try:
-        services.field_decide(
-            user=request.user,
-            field_id=field_id,
-            action=action,
-            version=version,
-            value=request.POST.get("value"),
-        )
+        if on_document_page:
+            services.field_decide(**decision)
+        else:  # the decision and the claim of the next field, in one transaction
+            _, item = services.queue_decide_next(**decision, filters=filters, skip=_skip_ids(request))
     except NotFound:
         raise Http404("No such field.") from None
     except ReviewAppError as exc:
@@ -122,9 +126,7 @@ def decide(request: HttpRequest, field_id: int) -> HttpResponse:
             **errors,
         )
         return render(request, QUEUE_TEMPLATE + "#item", ctx)
-    filters = selectors.QueueFilters.from_query(request.POST)
-    item = services.queue_claim_next(user=request.user, filters=filters, skip=_skip_ids(request))
-    return render(request, QUEUE_TEMPLATE + "#item", _item_context(request, item, done=action))
+    return render(request, QUEUE_TEMPLATE + "#item", _item_context(request, item, done=decision["action"]))
 
 
 @require_POST
