@@ -7,6 +7,7 @@ The fields block is machine-readable JSON so every model, the offline one includ
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,18 @@ _DATA_RULE = (
 
 def _fence(obj: Any) -> str:
     return "```json\n" + json.dumps(obj, ensure_ascii=False, indent=1) + "\n```"
+
+
+# The schema and candidate blocks repeat for every document of a type; json.dumps with indent runs in pure
+# Python, so they are built once (schemas are frozen, hence hashable).
+@functools.lru_cache(maxsize=256)
+def _fields_fence(fields: tuple[FieldSpec, ...]) -> str:
+    return _fence(fields_block(fields))
+
+
+@functools.lru_cache(maxsize=64)
+def _candidates_fence(candidates: tuple[tuple[str, str, str], ...]) -> str:
+    return _fence([{"slug": slug, "name": name, "description": about} for slug, name, about in candidates])
 
 
 def _document(text: str) -> str:
@@ -55,7 +68,7 @@ def classify_messages(
             _DATA_RULE,
             f"Declared type: {schema.slug}",
             "Candidate types:",
-            _fence([{"slug": c.slug, "name": c.name, "description": c.description} for c in candidates]),
+            _candidates_fence(tuple((c.slug, c.name, c.description) for c in candidates)),
             'Answer with one JSON object: {"is_document": bool, "document_type": slug or null, '
             '"matches_declared_type": bool, "language": ISO 639-1 code, "confidence": 0..1, "reasoning": str}.',
         ]
@@ -79,7 +92,7 @@ def extract_messages(
         f"You extract the fields of a {schema.name} ({schema.slug}) from the document. {schema.description}".strip(),
         _DATA_RULE,
         "Extract exactly these fields, no others:",
-        _fence(fields_block(schema.fields)),
+        _fields_fence(tuple(schema.fields)),
         "For each field give: value (null if the document does not state it; dates as YYYY-MM-DD, money as "
         "'1234.50 CUR'), confidence (0..1, your probability that the value is right), reasoning (one sentence), "
         "evidence (the shortest verbatim quote of the document that shows the value, or null).",
@@ -108,7 +121,7 @@ def verify_messages(schema: DocumentSchema, text: str, extraction: dict[str, Any
             "You check an extraction against its source document, field by field.",
             _DATA_RULE,
             "The schema:",
-            _fence(fields_block(schema.fields)),
+            _fields_fence(tuple(schema.fields)),
             "For each field answer verdict: correct | incorrect | unsupported (the evidence is not in the document) "
             "| missing (the document states a value but none was extracted, or a required field is null), "
             "score 0..1, feedback (what to fix). Then accuracy, completeness and schema_fit (0..1) for the whole.",
