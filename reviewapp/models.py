@@ -8,7 +8,9 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.utils import timezone
 
 from extraction.schemas import DocumentSchema, FieldType
@@ -85,9 +87,18 @@ class DocumentType(models.Model):
         default=3.0, help_text="Alert when a field's correction rate leaves mean ± k·sd."
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Bumped whenever the type, one of its fields or prompt versions changes (config_changed below), so
+    # that workers can cache the type per process and still see every change on their next claim.
+    config_version = models.PositiveIntegerField(default=1, editable=False)
 
     def __str__(self) -> str:
         return self.name
+
+    @staticmethod
+    def config_changed(type_id: int | None) -> None:
+        """Bump the type's config version: call after any write that bypasses save() (a queryset update)."""
+        if type_id is not None:
+            DocumentType.objects.filter(pk=type_id).update(config_version=F("config_version") + 1)
 
     def to_schema(self) -> DocumentSchema:
         """Return the pipeline's view of this type (fields in display order)."""
@@ -637,3 +648,15 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} to {self.subscription} ({self.status})"
+
+
+@receiver([post_save, post_delete], sender=DocumentType)
+@receiver([post_save, post_delete], sender=FieldSpec)
+@receiver([post_save, post_delete], sender=PromptVersion)
+def _type_config_changed(sender: type[models.Model], instance: Any, signal: Any, **kwargs: Any) -> None:
+    # A saved type bumps itself; a saved or deleted field or prompt bumps its type. (A queryset update sends
+    # no signal: its caller calls DocumentType.config_changed.)
+    if sender is not DocumentType:
+        DocumentType.config_changed(instance.document_type_id)
+    elif signal is post_save:
+        DocumentType.config_changed(instance.pk)

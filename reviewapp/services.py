@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
@@ -32,7 +32,7 @@ from extraction.redaction import redact
 from extraction.schemas import DocumentSchema
 from extraction.tracing import LangfuseSettings, export_run
 
-from . import llm, webhooks
+from . import llm, runstore, webhooks
 from .errors import (
     AlreadyDecided,
     InvalidCorrection,
@@ -154,58 +154,26 @@ def _claim(document_id: int, token: str) -> Document | None:
     """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.REVIEWAPP_STUCK_AFTER_SECONDS)
-    claimable = Q(status=Status.QUEUED) | Q(status=Status.EXTRACTING) & (
-        Q(claim_token=token) | Q(claimed_at__lt=stale)
-    )
-    changed = Document.objects.filter(Q(pk=document_id) & claimable).update(
-        status=Status.EXTRACTING,
-        claim_token=token,
-        claimed_at=now,
-        deliveries=F("deliveries") + 1,
-        updated_at=now,
-    )
-    if not changed:
-        return None
-    return (
-        Document.objects.select_related("document_type__active_prompt", "workspace")
-        .prefetch_related("document_type__fields")
-        .get(pk=document_id)
-    )
+    return runstore.claim(document_id, token, now=now, stale_before=stale)
 
 
-def _call_row(run: ExtractionRun, pii: bool, record: CallRecord) -> LLMCall:
+def _call_row(run: ExtractionRun, pii: bool, record: CallRecord) -> tuple[Any, ...]:
+    """The LLMCall row of `record`, in runstore.CALL_FIELDS order."""
     messages = record.messages
     if pii:
         messages = [{**m, "content": redact(str(m.get("content", "")))} for m in messages]
-    return LLMCall(
-        run=run,
-        document_id=run.document_id,
-        step=record.step,
-        attempt=record.attempt,
-        chunk=record.chunk,
-        prompt_version=record.prompt_version,
-        model_alias=record.model_alias,
-        model_requested=record.model_requested,
-        model_answered=record.model_answered,
-        output_mode=record.output_mode,
-        messages=messages,
-        raw_response=redact(record.raw_response) if pii else record.raw_response,
-        parse_status=record.parse_status,
-        repairs=record.repairs,
-        prompt_tokens=record.prompt_tokens,
-        completion_tokens=record.completion_tokens,
-        cached_tokens=record.cached_tokens,
-        cost_usd=Decimal(str(round(record.cost_usd, 6))),
-        latency_ms=record.latency_ms,
-        ttft_ms=record.ttft_ms,
-        near_limit=record.near_limit,
-        error_class=record.error_class,
-        error_message=record.error_message,
-    )
+    return (
+        run.pk, run.document_id, record.step, record.attempt, record.chunk, record.prompt_version,
+        record.model_alias, record.model_requested, record.model_answered, record.output_mode, messages,
+        redact(record.raw_response) if pii else record.raw_response, record.parse_status, record.repairs,
+        record.prompt_tokens, record.completion_tokens, record.cached_tokens,
+        Decimal(str(round(record.cost_usd, 6))), record.latency_ms, record.ttft_ms, record.near_limit,
+        record.error_class, record.error_message, timezone.now(),
+    )  # fmt: skip
 
 
 class CallLog:
-    """Writes a run's LLMCall rows: at once, or (`batch=True`) in one INSERT when the run ends.
+    """Writes a run's LLMCall rows: at once, or (`batch=True`) with the run's results when it ends.
 
     Batching saves an INSERT per call on the hot path. A failed call is written at once all the same, with
     any held before it: when a run dies, its failures are the trace someone will look for. The caller
@@ -216,7 +184,7 @@ class CallLog:
         self.run = run
         self.redact_pii = redact_pii
         self.batch = batch
-        self.pending: list[LLMCall] = []
+        self.pending: list[tuple[Any, ...]] = []
 
     def add(self, record: CallRecord) -> None:
         self.pending.append(_call_row(self.run, self.redact_pii, record))
@@ -226,7 +194,7 @@ class CallLog:
     def flush(self) -> None:
         if self.pending:
             rows, self.pending = self.pending, []
-            LLMCall.objects.bulk_create(rows)
+            runstore.insert_calls(rows)
 
 
 def active_prompt(document_type: DocumentType) -> PromptVersion:
@@ -374,12 +342,13 @@ def extraction_execute(*, document_id: int, token: str) -> str:
             status=ExtractionRun.Status.ABANDONED, finished_at=timezone.now(), error_code="worker_lost"
         )
     prompt, arm = route_prompt(document.document_type)
-    run = ExtractionRun.objects.create(
+    run = runstore.run_start(
         document=document,
-        prompt_version=prompt,
-        task_id=token,
+        prompt=prompt,
+        token=token,
         arm=arm,
         model_requested=prompt.model_alias or llm.gateway().pinned_model("extract"),
+        now=timezone.now(),
     )
     started = time.perf_counter()
     calls = CallLog(run, redact_pii=document.workspace.redact_pii, batch=True)
@@ -464,83 +433,54 @@ def run_pipeline(
     return result, trace
 
 
-class _Superseded(Exception):
-    """Raised inside the results transaction to roll it back: the document is not ours any more."""
-
-
 def _store_result(
     document: Document, run: ExtractionRun, result: Any, trace: Trace, started: float, calls: CallLog
 ) -> str:
-    specs = {f.name: f for f in document.document_type.fields.all()}  # prefetched by _claim
+    """Store a succeeded run's fields, calls and outcome (with other runs finishing now: runstore)."""
+    specs = {f.name: f.pk for f in document.document_type.fields.all()}  # loaded with the type
     rate = document.document_type.audit_sample_rate or settings.REVIEWAPP_AUDIT_SAMPLE_RATE
     now = timezone.now()
     rows = []
+    needs_review = False
     for g in result.fields:
         status = g.status
         audit = status == FieldValue.Status.AUTO_ACCEPTED and rate > 0 and random.random() < rate
-        rows.append(
-            FieldValue(
-                run=run,
-                document=document,
-                workspace_id=document.workspace_id,
-                field_spec=specs[g.name],
-                value=g.value,
-                raw_value=g.raw_value,
-                confidence=g.confidence,
-                model_confidence=g.model_confidence,
-                reasoning=g.reasoning[:2000],
-                evidence_start=g.evidence.start if g.evidence else None,
-                evidence_end=g.evidence.end if g.evidence else None,
-                evidence_text=g.evidence.text[:2000] if g.evidence else "",
-                evidence_chunk=g.evidence.chunk if g.evidence else None,
-                supported=g.supported,
-                problem=g.problem[:200],
-                verdict=g.verdict,
-                status=FieldValue.Status.NEEDS_REVIEW if audit else status,
-                audit_sample=audit,
-                final_value=g.value if status == FieldValue.Status.AUTO_ACCEPTED and not audit else None,
-            )
-        )
-    needs_review = any(r.status == FieldValue.Status.NEEDS_REVIEW for r in rows)
-    new_status = Status.NEEDS_REVIEW if needs_review else Status.AUTO_ACCEPTED
-    try:
-        with transaction.atomic():
-            # The two conditional UPDATEs are the ownership check and take the row locks (document, then
-            # run, as everywhere). Someone may have re-queued or reclaimed the document while we worked, or
-            # a duplicate delivery of the same task (same token) may have marked our run abandoned when it
-            # took over: then our results are not the current ones and nothing is written.
-            mine = Document.objects.filter(
-                pk=document.pk, status=Status.EXTRACTING, claim_token=document.claim_token
-            ).update(status=new_status, status_reason="; ".join(result.warnings)[:4000], updated_at=now)
-            mine = mine and ExtractionRun.objects.filter(
-                pk=run.pk, status=ExtractionRun.Status.RUNNING
-            ).update(
-                status=ExtractionRun.Status.SUCCEEDED,
-                model_answered=result.model_answered,
-                finished_at=now,
-                duration_ms=int((time.perf_counter() - started) * 1000),
-                attempts=result.attempts,
-                prompt_tokens=trace.prompt_tokens,
-                completion_tokens=trace.completion_tokens,
-                cached_tokens=trace.cached_tokens,
-                cost_usd=Decimal(str(round(trace.cost_usd, 6))),
-                verify_score=result.verify_score,
-                classification=result.classification.model_dump() if result.classification else {},
-                chunks=result.chunks,
-                dropped_fields=result.dropped_fields,
-            )
-            if not mine:
-                raise _Superseded
-            calls.flush()
-            FieldValue.objects.bulk_create(rows)
-            events = (
-                ["document.extracted", "document.needs_review"] if needs_review else ["document.extracted"]
-            )
-            webhooks.emit(document.pk, *events, workspace_id=document.workspace_id)
-    except _Superseded:
-        ExtractionRun.objects.filter(pk=run.pk).update(status=ExtractionRun.Status.ABANDONED, finished_at=now)
-        return "superseded"
-    return new_status
+        accepted = status == FieldValue.Status.AUTO_ACCEPTED and not audit
+        needs_review = needs_review or not accepted
+        ev = g.evidence
+        rows.append((
+            run.pk, document.pk, document.workspace_id, specs[g.name], g.value, g.raw_value, g.confidence,
+            g.model_confidence, g.reasoning[:2000], ev.start if ev else None, ev.end if ev else None,
+            ev.text[:2000] if ev else "", ev.chunk if ev else None, g.supported, g.problem[:200], g.verdict,
+            FieldValue.Status.NEEDS_REVIEW if audit else status, audit, g.value if accepted else None,
+            1, False, now,
+        ))  # fmt: skip
+    item = runstore.Finished(
+        document=document,
+        run=run,
+        document_status=Status.NEEDS_REVIEW if needs_review else Status.AUTO_ACCEPTED,
+        status_reason="; ".join(result.warnings)[:4000],
+        run_values={
+            "status": ExtractionRun.Status.SUCCEEDED,
+            "model_answered": result.model_answered,
+            "finished_at": now,
+            "duration_ms": int((time.perf_counter() - started) * 1000),
+            "attempts": result.attempts,
+            "prompt_tokens": trace.prompt_tokens,
+            "completion_tokens": trace.completion_tokens,
+            "cached_tokens": trace.cached_tokens,
+            "cost_usd": Decimal(str(round(trace.cost_usd, 6))),
+            "verify_score": result.verify_score,
+            "classification": result.classification.model_dump() if result.classification else {},
+            "chunks": result.chunks,
+            "dropped_fields": result.dropped_fields,
+        },
+        fields=rows,
+        calls=calls,
+        events=("document.extracted", "document.needs_review") if needs_review else ("document.extracted",),
+    )
+    window = settings.REVIEWAPP_RESULT_BATCH_MS / 1000
+    return runstore.results.submit(item, window=window, now_fn=timezone.now)
 
 
 def requeue_stuck(*, older_than: timedelta) -> dict[str, int]:

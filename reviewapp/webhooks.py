@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import httpx
 from celery import shared_task
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -82,6 +82,39 @@ def emit(document_id: int, *events: str, workspace_id: int | None = None) -> Non
         log.exception("webhooks: could not schedule %s for document %s", known, document_id)
 
 
+def emit_many(changes: list[tuple[int, tuple[str, ...], int]]) -> None:
+    """emit() for several documents' state changes, `(document_id, events, workspace_id)` each: one query
+    for all their subscriptions once the transaction commits (the extraction results of a batch)."""
+    if not changes:
+        return
+    try:
+        transaction.on_commit(lambda: _fan_out_many(changes), robust=True)
+    except Exception:
+        log.exception("webhooks: could not schedule events for documents %s", [c[0] for c in changes])
+
+
+def _fan_out_many(changes: list[tuple[int, tuple[str, ...], int]]) -> None:
+    workspaces = sorted({workspace_id for _, _, workspace_id in changes})
+    # Most workspaces subscribe to nothing: find out with one plain query before loading any model.
+    table = connection.ops.quote_name(WebhookSubscription._meta.db_table)
+    marks = ", ".join(["%s"] * len(workspaces))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {table} WHERE active AND workspace_id IN ({marks}) LIMIT 1",  # noqa: S608
+            workspaces,
+        )
+        if cursor.fetchone() is None:
+            return
+    subscriptions = list(WebhookSubscription.objects.filter(active=True, workspace_id__in=workspaces))
+    for document_id, events, workspace_id in changes:
+        mine = [s for s in subscriptions if s.workspace_id == workspace_id]
+        if mine:
+            try:
+                _fan_out(document_id, [e for e in events if e in EVENTS], workspace_id, subscriptions=mine)
+            except Exception:  # one document's failure must not stop the others' deliveries
+                log.exception("webhooks: fan-out failed for document %s", document_id)
+
+
 def document_payload(document: Document, event: str) -> dict[str, Any]:
     return {
         "event": event,
@@ -101,15 +134,22 @@ def document_payload(document: Document, event: str) -> dict[str, Any]:
     }
 
 
-def _fan_out(document_id: int, events: list[str], workspace_id: int | None = None) -> list[int]:
+def _fan_out(
+    document_id: int,
+    events: list[str],
+    workspace_id: int | None = None,
+    *,
+    subscriptions: list[WebhookSubscription] | None = None,
+) -> list[int]:
     """Write a delivery row per subscription and wanted event, and queue each; return their ids."""
-    subscriptions = WebhookSubscription.objects.filter(active=True)
-    if workspace_id is not None:
-        subscriptions = subscriptions.filter(workspace_id=workspace_id)
-    else:
-        subscriptions = subscriptions.filter(workspace__documents=document_id)
+    if subscriptions is None:
+        found = WebhookSubscription.objects.filter(active=True)
+        if workspace_id is not None:
+            found = found.filter(workspace_id=workspace_id)
+        else:
+            found = found.filter(workspace__documents=document_id)
+        subscriptions = list(found)
     # Events filtered in Python: JSONField `contains` is not available on SQLite (the embedded mode).
-    subscriptions = list(subscriptions)
     wanted = [(s, e) for e in events for s in subscriptions if e in (s.events or [])]
     if not wanted:
         return []  # the common case: one query, and the document is never loaded

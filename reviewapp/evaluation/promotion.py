@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 
 from ..errors import NotFound, ReviewAppError
 from ..models import DocumentType, Evaluation, PromotionEvent, PromptVersion
@@ -107,7 +107,7 @@ def _activate(locked: DocumentType, prompt_version: PromptVersion) -> None:
     updates: dict[str, Any] = {"active_prompt": prompt_version}
     if locked.candidate_prompt_id == prompt_version.pk:
         updates.update(candidate_prompt=None, candidate_share=0.0)
-    DocumentType.objects.filter(pk=locked.pk).update(**updates)
+    DocumentType.objects.filter(pk=locked.pk).update(**updates, config_version=F("config_version") + 1)
 
 
 def prompt_rollback(*, document_type: DocumentType, user: Any, reason: str = "") -> PromotionEvent:

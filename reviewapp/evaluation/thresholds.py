@@ -167,5 +167,6 @@ def threshold_set(
         field_spec=spec, changed_by=user, from_value=spec.threshold, to_value=to_value, evidence=evidence
     )
     FieldSpec.objects.filter(pk=spec.pk).update(threshold=to_value)
+    DocumentType.config_changed(spec.document_type_id)
     spec.threshold = to_value
     return change

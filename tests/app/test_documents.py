@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import transaction
 
 from extraction.tasks import extract_document
 from reviewapp import llm as app_llm
 from reviewapp import services
 from reviewapp.errors import InvalidTransition, UploadRejected
-from reviewapp.models import Document, ExtractionRun, FieldValue, LLMCall
+from reviewapp.models import Document, DocumentType, ExtractionRun, FieldSpec, FieldValue, LLMCall
 
 pytestmark = pytest.mark.django_db
 
@@ -234,15 +235,44 @@ def test_an_extraction_runs_a_fixed_handful_of_sql_statements(
                 "auto_accepted",
             )
         counts.append(len([q for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]))
-    # claim (UPDATE, SELECT, prefetch of the fields), run INSERT, then one transaction: document UPDATE,
-    # run UPDATE, LLMCall INSERT (all calls), FieldValue INSERT; on commit, the webhook subscriptions SELECT.
-    assert counts == [9, 9], counts
-    # The calls go in one INSERT ... VALUES: UNNEST escapes the 10 KB prompts in Python (ValuesInsertJSONField).
+    # The claim (one UPDATE ... RETURNING: the type comes from the per-process cache), the run INSERT, then
+    # one transaction: the documents' SELECT ... FOR UPDATE, run UPDATE, document UPDATE, LLMCall INSERT (all
+    # calls), FieldValue INSERT; on commit, the webhook subscriptions SELECT.
+    assert counts == [8, 8], counts
+    # The calls go in one INSERT with one parameter, the rows as JSON (runstore.insert_rows): psycopg would
+    # parse a statement of 72 placeholders on every call.
     (insert,) = [
         q["sql"] for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "reviewapp_llmcall"')
     ]
-    assert "UNNEST" not in insert and insert.count("), (") == 2
+    assert "json_populate_recordset" in insert
     assert LLMCall.objects.filter(document=doc).count() == 3
+
+
+def test_a_type_edited_anywhere_is_reloaded_by_the_next_claim(
+    workspace: Any, receipt_type: Any, make_document: Any, admin_user: Any
+) -> None:
+    """Workers cache document types per process; every kind of edit must still reach the next run."""
+    from reviewapp.evaluation.thresholds import threshold_set
+
+    text = make_document().text
+
+    def statuses(token: str) -> set[str]:
+        doc = _queued(workspace, receipt_type, text)
+        services.extraction_execute(document_id=doc.pk, token=token)
+        return set(FieldValue.objects.filter(document=doc).values_list("status", flat=True))
+
+    specs = list(receipt_type.fields.all())
+    for spec in specs:  # save(): the post_save signal bumps the type's config version
+        spec.threshold = 1.0
+        spec.save()
+    assert statuses("t1") == {"needs_review"}
+    with transaction.atomic():  # a queryset update (the audited threshold change) bumps it explicitly
+        for spec in FieldSpec.objects.select_for_update().filter(document_type=receipt_type):
+            threshold_set(spec=spec, to_value=0.0, user=admin_user, evidence={})
+    assert "auto_accepted" in statuses("t2")
+    version = DocumentType.objects.get(pk=receipt_type.pk).config_version
+    statuses("t3")  # no edit: no reload, and the version does not move
+    assert DocumentType.objects.get(pk=receipt_type.pk).config_version == version
 
 
 def test_call_log_batches_calls_but_writes_a_failure_at_once(make_document: Any) -> None:
