@@ -1,0 +1,129 @@
+"""Group commit of extraction results (reviewapp/runstore.py): runs finishing together in one process share a
+transaction, each run learns its own outcome, and a failed batch loses nothing."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from extraction.tasks import extract_document
+from reviewapp import runstore, services
+from reviewapp.models import Document, FieldValue, LLMCall
+from tests.conftest import RECEIPT
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the runs' threads must see each other's commits
+
+
+def _queued(workspace: Any, doc_type: Any, n: int) -> list[int]:
+    return [
+        Document.objects.create(
+            workspace=workspace, document_type=doc_type, filename=f"r{i}.txt", sha256="0" * 64,
+            text=RECEIPT + f"\nref {i}",
+        ).pk
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _run_together(target: Any, ids: list[int]) -> dict[int, Any]:
+    """Run target(document_id) for every id on its own thread, all at once; return each result or error."""
+    results: dict[int, Any] = {}
+    start = threading.Barrier(len(ids))
+
+    def work(doc_id: int) -> None:
+        start.wait()
+        try:
+            results[doc_id] = target(doc_id)
+        except Exception as exc:
+            results[doc_id] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+@pytest.fixture
+def batches(monkeypatch: Any, settings: Any) -> list[list[int]]:
+    """Record the documents of each results transaction; a wide window so that the runs meet."""
+    settings.REVIEWAPP_RESULT_BATCH_MS = 1000
+    seen: list[list[int]] = []
+    real = runstore.write_results
+
+    def spy(items: Any, now: Any) -> None:
+        seen.append([it.document.pk for it in items])
+        real(items, now)
+
+    monkeypatch.setattr(runstore, "write_results", spy)
+    return seen
+
+
+def test_runs_finishing_together_share_one_transaction(
+    workspace: Any, receipt_type: Any, batches: list[list[int]]
+) -> None:
+    ids = _queued(workspace, receipt_type, 4)
+    outcomes = _run_together(lambda i: services.extraction_execute(document_id=i, token=f"t{i}"), ids)
+    assert sorted(outcomes) == sorted(ids)
+    for doc in Document.objects.filter(pk__in=ids):
+        assert outcomes[doc.pk] == doc.status and doc.status in ("needs_review", "auto_accepted")
+        (run,) = doc.runs.all()
+        assert run.status == "succeeded" and run.finished_at is not None
+        assert FieldValue.objects.filter(run=run).count() == receipt_type.fields.count()
+        assert LLMCall.objects.filter(run=run).count() == 3
+    assert sorted(i for batch in batches for i in batch) == sorted(ids)  # each stored exactly once
+    assert max(len(b) for b in batches) > 1, batches  # and some of them together
+
+
+def test_a_document_taken_away_mid_run_is_superseded_alone(
+    workspace: Any, receipt_type: Any, batches: list[list[int]], monkeypatch: Any
+) -> None:
+    ids = _queued(workspace, receipt_type, 3)
+    lost = ids[1]
+    real = services.run_pipeline
+
+    def pipeline_then_requeue(**kwargs: Any) -> Any:
+        out = real(**kwargs)
+        if kwargs["document"].pk == lost:  # an admin re-queued it while the models answered
+            Document.objects.filter(pk=lost).update(status="queued", claim_token="")
+        return out
+
+    monkeypatch.setattr(services, "run_pipeline", pipeline_then_requeue)
+    outcomes = _run_together(lambda i: services.extraction_execute(document_id=i, token=f"t{i}"), ids)
+    assert outcomes[lost] == "superseded"
+    gone = Document.objects.get(pk=lost)
+    assert gone.status == "queued" and not gone.fields.exists()
+    (run,) = gone.runs.all()
+    assert run.status == "abandoned" and LLMCall.objects.filter(run=run).count() == 3  # traces kept
+    for i in ids:
+        if i != lost:
+            doc = Document.objects.get(pk=i)
+            assert outcomes[i] == doc.status and doc.status in ("needs_review", "auto_accepted")
+            assert doc.fields.count() == receipt_type.fields.count()
+    assert any(lost in b and len(b) > 1 for b in batches), batches  # it shared a batch with the others
+
+
+def test_a_failed_batch_fails_every_run_in_it_visibly_and_keeps_their_calls(
+    workspace: Any, receipt_type: Any, batches: list[list[int]], monkeypatch: Any
+) -> None:
+    ids = _queued(workspace, receipt_type, 3)
+
+    def broken(changes: Any) -> None:
+        raise RuntimeError("disk full")
+
+    # The last step inside the results transaction: the whole batch rolls back.
+    monkeypatch.setattr(runstore.webhooks, "emit_many", broken)
+    outcomes = _run_together(lambda i: extract_document.apply(args=(i,)).result, ids)
+    assert all(isinstance(outcomes[i], RuntimeError) for i in ids), outcomes
+    for doc in Document.objects.filter(pk__in=ids):
+        assert doc.status == "failed" and "disk full" in doc.status_reason  # visible, not stuck extracting
+        (run,) = doc.runs.all()
+        assert run.status == "failed" and run.error_code == "internal_error"
+        assert not doc.fields.exists()
+        assert LLMCall.objects.filter(run=run).count() == 3  # written by the run's own flush, as traces
+    assert max(len(b) for b in batches) > 1, batches
