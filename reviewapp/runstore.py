@@ -137,6 +137,7 @@ def document_type(type_id: int, version: int) -> DocumentType:
         .prefetch_related("fields")
         .get(pk=type_id)
     )
+    loaded.run_schema = loaded.to_schema()  # the pipeline's view of it, built once (services.run_pipeline)
     _types[type_id] = loaded
     return loaded
 

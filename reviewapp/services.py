@@ -419,7 +419,8 @@ def run_pipeline(
         extract_aliases=[alias] if alias else None,
         examples=[e for e in prompt.examples if e.get("document") != document.pk],
     )
-    schema = doc_type.to_schema()
+    # A type from the worker's cache (runstore) carries its schema, built once per config version.
+    schema = getattr(doc_type, "run_schema", None) or doc_type.to_schema()
     try:
         result = Pipeline(llm.gateway()).run(
             text=document.text,
