@@ -775,6 +775,16 @@ def report(result: dict[str, Any], delay: float) -> str:
                 f"{g['cpu_ms_per_document']:.1f} / {c['worker_cpu_ms_per_document']:.1f} = "
                 f"{100 * g['cpu_ms_per_document'] / c['worker_cpu_ms_per_document']:.1f} %"
             )
+            # The host's CPU speed drifts between phases (it is shared); the scripted server does the same work
+            # per call in both, so its CPU per call says how fast the host was in each phase.
+            gw_server = 1000 * g["server"]["cpu_s"] / max(1, g["server"]["requests"])
+            speed = c["server_cpu_ms_per_call"] / gw_server
+            lines.append(
+                f"host speed check: scripted server CPU/call {gw_server:.2f} ms (gateway phase), "
+                f"{c['server_cpu_ms_per_call']:.2f} ms (Celery phase); speed-normalised ratio = "
+                f"{100 * g['cpu_ms_per_document'] / c['worker_cpu_ms_per_document']:.1f} % x {speed:.2f} = "
+                f"{100 * speed * g['cpu_ms_per_document'] / c['worker_cpu_ms_per_document']:.1f} %"
+            )
             outside = c["worker_cpu_ms_per_document"] - g["cpu_ms_per_document"]
             lines.append(
                 f"worker CPU/document - replay CPU/document = {c['worker_cpu_ms_per_document']:.1f} - "
