@@ -427,23 +427,6 @@ class ReviewDecision(models.Model):
         super().save(*args, **kwargs)
 
 
-class ValuesInsertJSONField(models.JSONField):
-    """A JSONField that keeps its model's bulk_create on INSERT ... VALUES.
-
-    Django 5.2 bulk-inserts through UNNEST(array) on PostgreSQL, and psycopg escapes every array element in
-    Python, quote by quote. For the ~10 KB prompts of LLMCall.messages that made one INSERT of a run's calls
-    2.4 ms of CPU instead of 0.9 ms (bench/THROUGHPUT.md). Django skips UNNEST when a field has
-    get_placeholder(). It deconstructs as a plain JSONField: the column is the same, so no migration.
-    """
-
-    def get_placeholder(self, value: Any, compiler: Any, connection: Any) -> str:
-        return "%s"
-
-    def deconstruct(self) -> Any:
-        name, _, args, kwargs = super().deconstruct()
-        return name, "django.db.models.JSONField", args, kwargs
-
-
 class LLMCall(models.Model):
     """One model call, failed ones included: the trace behind every value."""
 
@@ -461,7 +444,7 @@ class LLMCall(models.Model):
     model_requested = models.CharField(max_length=200, blank=True)
     model_answered = models.CharField(max_length=200, blank=True)
     output_mode = models.CharField(max_length=16, blank=True)  # json_schema | json_object | prompt
-    messages = ValuesInsertJSONField(default=list)
+    messages = models.JSONField(default=list)
     raw_response = models.TextField(blank=True)
     parse_status = models.CharField(max_length=16, blank=True)  # ok | repaired | failed
     repairs = models.JSONField(default=list, blank=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.db.models import Model
+from django.utils import timezone
 
 from . import webhooks
 from .models import Document, DocumentType, ExtractionRun, FieldValue, LLMCall, Workspace
@@ -142,10 +143,6 @@ def document_type(type_id: int, version: int) -> DocumentType:
     return loaded
 
 
-def forget_types() -> None:
-    _types.clear()
-
-
 # --- the claim ------------------------------------------------------------------------------------------
 @functools.cache
 def _claim_plan(conn_alias: str, vendor: str) -> tuple[str, list[str], list[tuple[int, list[Any]]]]:
@@ -205,17 +202,19 @@ def claim(document_id: int, token: str, *, now: Any, stale_before: Any) -> Docum
 def run_start(
     *, document: Document, prompt: Any, token: str, arm: str, model_requested: str, now: Any
 ) -> ExtractionRun:
-    """INSERT the run row ('running') and return it, bound to the loaded document and prompt."""
-    names = ("document", "prompt_version", "task_id", "arm", "model_requested", "status", "started_at",
-             "attempts", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd", "classification",
-             "chunks", "dropped_fields", "model_answered", "error_code", "error_message")  # fmt: skip
-    values = [document.pk, prompt.pk, token, arm, model_requested, RunStatus.RUNNING, now, 0, 0, 0, 0, 0, {}, 1,
-              [], "", "", ""]  # fmt: skip
-    (run_id,) = insert_rows(ExtractionRun, names, [values], returning=True)
+    """INSERT the run row ('running', the model's defaults elsewhere) and return it, bound to the loaded
+    document and prompt."""
     run = ExtractionRun(
-        id=run_id, document=document, prompt_version=prompt, task_id=token, arm=arm,
-        model_requested=model_requested, started_at=now,
+        document=document, prompt_version=prompt, task_id=token, arm=arm, model_requested=model_requested,
+        started_at=now,
     )  # fmt: skip
+    fields = [f for f in ExtractionRun._meta.concrete_fields if not f.primary_key]
+    (run.pk,) = insert_rows(
+        ExtractionRun,
+        tuple(f.name for f in fields),
+        [[getattr(run, f.attname) for f in fields]],
+        returning=True,
+    )
     run._state.adding = False
     run._state.db = connection.alias
     return run
@@ -318,11 +317,11 @@ class ResultWriter:
         self._queue: list[Finished] = []
         self._leading = False
 
-    def submit(self, item: Finished, *, window: float, now_fn: Any) -> str:
+    def submit(self, item: Finished, *, window: float) -> str:
         if window <= 0 or connection.in_atomic_block:
             # No batching asked for, or the caller's own transaction must hold the results (tests, eager
             # tasks): write on this thread, now.
-            write_results([item], now_fn())
+            write_results([item], timezone.now())
             return item.outcome
         with self._lock:
             self._queue.append(item)
@@ -334,18 +333,18 @@ class ResultWriter:
         if item.lead:
             # Our item heads the queue, so it is in the batch we write. Only a newly elected leader
             # waits: a successor's batch gathered while the previous one was being written.
-            self._lead(window if elected else 0.0, now_fn)
+            self._lead(window if elected else 0.0)
         if item.error is not None:
             raise item.error
         return item.outcome
 
-    def _lead(self, window: float, now_fn: Any) -> None:
+    def _lead(self, window: float) -> None:
         if window > 0:
             time.sleep(window)  # let the runs finishing now join this transaction
         with self._lock:
             batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH :]
         try:
-            write_results(batch, now_fn())
+            write_results(batch, timezone.now())
         except BaseException as exc:
             for it in batch:
                 it.error = exc

@@ -481,7 +481,7 @@ def _store_result(
         events=("document.extracted", "document.needs_review") if needs_review else ("document.extracted",),
     )
     window = settings.REVIEWAPP_RESULT_BATCH_MS / 1000
-    return runstore.results.submit(item, window=window, now_fn=timezone.now)
+    return runstore.results.submit(item, window=window)
 
 
 def requeue_stuck(*, older_than: timedelta) -> dict[str, int]:
