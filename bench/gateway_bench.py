@@ -49,6 +49,15 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 BASE_URL_PLACEHOLDER = "http://BASE_URL/v1"
 
+# A gevent replay must be monkeypatched before anything else is imported, as Celery's `--pool=gevent` does.
+GEVENT_BOOT = (
+    "from gevent import monkey; monkey.patch_all()\n"
+    "import runpy, sys\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+POOLS = ("threads", "gevent")
+
 
 def cpu_seconds() -> float:
     """CPU time (user + system) of this process, all threads."""
@@ -312,7 +321,10 @@ def make_plan(path: Path | None = None) -> Path:
 
 # --- replay ------------------------------------------------------------------------------------------------------
 def replay(plan_path: Path, base_url: str, documents: list[int], threads: int, warmup: int) -> None:
-    """One replay process: warm up, print READY, wait for GO on stdin, replay, print the result as JSON."""
+    """One replay process: warm up, print READY, wait for GO on stdin, replay, print the result as JSON.
+
+    Under gevent (the process was started through GEVENT_BOOT) the pool's "threads" are greenlets.
+    """
     import yaml
 
     from extraction.config import load_config
@@ -386,8 +398,12 @@ def run_bound(
     warmup: int | None = None,
     on_start: Any = None,
     on_end: Any = None,
+    pool: str = "threads",
 ) -> dict[str, Any]:
-    """Run the replay in `processes` processes of concurrency/processes threads; return the figures."""
+    """Run the replay in `processes` processes of concurrency/processes threads (or greenlets, with
+    pool="gevent"); return the figures."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}")
     threads = max(1, concurrency // processes)
     warmup = threads if warmup is None else warmup
     procs = []
@@ -399,6 +415,7 @@ def run_bound(
             subprocess.Popen(
                 [
                     sys.executable,
+                    *(["-c", GEVENT_BOOT] if pool == "gevent" else []),
                     __file__,
                     "replay",
                     "--plan",
@@ -445,6 +462,7 @@ def run_bound(
         "documents": documents,
         "concurrency": concurrency,
         "processes": processes,
+        "pool": pool,
         "calls": calls,
         "calls_per_document": calls_per_doc,
         "plan_calls_per_sample": statistics.fmean(s["calls"] for s in plan["samples"]),
@@ -466,7 +484,8 @@ def print_bound(r: dict[str, Any], delay: float) -> None:
     latency_bound = r["concurrency"] / (r["calls_per_document"] * delay)
     print(
         f"gateway-only: {r['documents']} documents x {r['calls_per_document']:.2f} calls, "
-        f"{r['concurrency']} threads in {r['processes']} process(es): {r['wall_s']:.2f} s, "
+        f"{r['concurrency']} {'greenlets' if r.get('pool') == 'gevent' else 'threads'} "
+        f"in {r['processes']} process(es): {r['wall_s']:.2f} s, "
         f"{r['calls_per_s']:.1f} calls/s = {r['documents_per_s']:.2f} documents/s "
         f"(latency bound {latency_bound:.2f}); CPU {r['cpu_ms_per_call']:.2f} ms/call, "
         f"{r['cpu_ms_per_document']:.2f} ms/document, {r['cpu_utilisation']:.2f} cores; "
@@ -495,6 +514,7 @@ def main() -> None:
     b.add_argument("--documents", type=int, default=2000)
     b.add_argument("--concurrency", type=int, default=64)
     b.add_argument("--processes", type=int, default=1)
+    b.add_argument("--pool", choices=POOLS, default="threads", help="threads, or greenlets under gevent")
     b.add_argument("--delay", type=float, default=0.2)
     b.add_argument("--base-url", help="an already running scripted server (default: start one)")
     b.add_argument("--plan", type=Path, help="a plan file from `plan` (default: build one)")
@@ -519,6 +539,7 @@ def main() -> None:
                 concurrency=args.concurrency,
                 processes=args.processes,
                 on_start=server.reset if server else None,
+                pool=args.pool,
             )
             if server:
                 result["server"] = server.stats()

@@ -41,6 +41,7 @@ import pstats
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -91,25 +92,46 @@ def pids_named(name: str) -> list[int]:
 
 
 class CpuMeter:
-    """CPU used between start() and stop() by our processes, PostgreSQL, Redis and the whole machine."""
+    """CPU used between start() and stop() by our processes, PostgreSQL, Redis and the whole machine.
 
-    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+    A thread re-reads every process twice a second, so a process that exits in between (a PostgreSQL backend
+    whose client reconnects, say) still counts up to its last reading instead of vanishing from the sum.
+    """
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]], interval: float = 0.5) -> None:
         self.groups = groups
+        self.interval = interval
+
+    def _read(self) -> dict[str, dict[int, float]]:
+        return {g: {pid: proc_cpu(pid) for pid in f()} for g, f in self.groups.items()}
 
     def _snap(self) -> dict[str, Any]:
-        return {
-            "groups": {g: {pid: proc_cpu(pid) for pid in f()} for g, f in self.groups.items()},
-            "machine": machine_busy(),
-            "wall": time.monotonic(),
-        }
+        return {"groups": self._read(), "machine": machine_busy(), "wall": time.monotonic()}
+
+    def _remember(self, reading: dict[str, dict[int, float]]) -> None:
+        for g, pids in reading.items():
+            for pid, cpu in pids.items():
+                if cpu > 0.0:  # 0.0: gone between listing and reading
+                    self.last[g][pid] = cpu
+
+    def _poll(self) -> None:
+        while not self.done.wait(self.interval):
+            self._remember(self._read())
 
     def start(self) -> None:
         self.before = self._snap()
+        self.last: dict[str, dict[int, float]] = {g: dict(pids) for g, pids in self.before["groups"].items()}
+        self.done = threading.Event()
+        self.poller = threading.Thread(target=self._poll, daemon=True)
+        self.poller.start()
 
     def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.poller.join()
         after = self._snap()
+        self._remember(after["groups"])
         out: dict[str, float] = {}
-        for g, pids in after["groups"].items():
+        for g, pids in self.last.items():
             before = self.before["groups"][g]
             out[g] = sum(cpu - before.get(pid, 0.0) for pid, cpu in pids.items())
         busy0, total0 = self.before["machine"]
@@ -282,6 +304,7 @@ class Workers:
         env: dict[str, str],
         logdir: Path,
         patch: Path | None = None,
+        pool: str = "threads",
     ) -> None:
         self.names = [f"{queue}-{i}@tput" for i in range(processes)]
         self.procs = []
@@ -297,7 +320,7 @@ class Workers:
                         "-A",
                         "reviewapp",
                         "worker",
-                        "--pool=threads",
+                        f"--pool={pool}",
                         f"--concurrency={threads}",
                         "--without-mingle",
                         "--without-gossip",
@@ -360,7 +383,7 @@ def celery_run(
     from reviewapp.models import Document, ExtractionRun, LLMCall
 
     threads = max(1, args.concurrency // args.processes)
-    workers = Workers(args.processes, threads, env["CELERY_QUEUE"], env, logdir, args.patch)
+    workers = Workers(args.processes, threads, env["CELERY_QUEUE"], env, logdir, args.patch, args.pool)
     try:
         workers.wait_ready()
         if args.warmup:
@@ -410,6 +433,7 @@ def celery_run(
         "documents": len(ids),
         "processes": args.processes,
         "threads_per_process": threads,
+        "pool": args.pool,
         "concurrency": threads * args.processes,
         "conn_max_age": args.conn_max_age,
         "wall_s": wall,
@@ -728,7 +752,8 @@ def report(result: dict[str, Any], delay: float) -> str:
     if c:
         latency_bound = c["concurrency"] / (max(c["calls_per_document"], 1e-9) * delay)
         lines.append(
-            f"Celery: {c['documents']} documents, {c['processes']} x {c['threads_per_process']} threads, "
+            f"Celery: {c['documents']} documents, {c['processes']} x {c['threads_per_process']} "
+            f"{'greenlets' if c.get('pool') == 'gevent' else 'threads'}, "
             f"CONN_MAX_AGE={c['conn_max_age']}: {c['wall_s']:.1f} s -> {c['documents_per_s']:.2f} documents/s "
             f"(publish {c['publish_s']:.1f} s; statuses {c['statuses']})"
         )
@@ -829,6 +854,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=64, help="documents through the workers before timing")
     parser.add_argument("--profile-docs", type=int, default=150)
     parser.add_argument("--log-level", default="INFO", help="the workers' LOG_LEVEL and --loglevel")
+    parser.add_argument(
+        "--pool",
+        choices=gateway_bench.POOLS,
+        default="gevent",
+        help="the workers' pool (`celery worker --pool`)",
+    )
+    parser.add_argument(
+        "--gateway-pools",
+        default="threads,gevent",
+        help="pools the gateway-only bound is measured with (comma-separated); the highest bound is used",
+    )
     parser.add_argument("--skip-gateway", action="store_true")
     parser.add_argument("--skip-celery", action="store_true")
     parser.add_argument("--skip-profile", action="store_true")
@@ -875,23 +911,30 @@ def main() -> None:
         print(f"set-up done in {time.monotonic() - started:.0f} s (workdir {workdir})", flush=True)
 
         if not args.skip_gateway:
-            server.reset()
-            meter = CpuMeter({"server": lambda: [server.pid], "bench": lambda: [os.getpid()]})
-            cpu: dict[str, float] = {}
-            g = gateway_bench.run_bound(
-                plan_path=plan_path,
-                base_url=server.base_url,
-                documents=args.documents,
-                concurrency=args.concurrency,
-                processes=args.processes,
-                on_start=meter.start,
-                on_end=lambda: cpu.update(meter.stop()),
-            )
-            g["machine_cores_busy"] = cpu["machine_cores_busy"]
-            g["other_processes_cores"] = (cpu["others"] - g["cpu_s"]) / cpu["wall"]
-            g["server"] = server.stats()
-            result["gateway"] = g
-            gateway_bench.print_bound(g, args.delay)
+            # The bound is the best the gateway alone does at this concurrency: with each pool asked for, the
+            # highest one is the ceiling the workers are compared with, whatever pool they run.
+            bounds = {}
+            for pool in args.gateway_pools.split(","):
+                server.reset()
+                meter = CpuMeter({"server": lambda: [server.pid], "bench": lambda: [os.getpid()]})
+                cpu: dict[str, float] = {}
+                g = gateway_bench.run_bound(
+                    plan_path=plan_path,
+                    base_url=server.base_url,
+                    documents=args.documents,
+                    concurrency=args.concurrency,
+                    processes=args.processes,
+                    on_start=meter.start,
+                    on_end=lambda cpu=cpu, meter=meter: cpu.update(meter.stop()),
+                    pool=pool,
+                )
+                g["machine_cores_busy"] = cpu["machine_cores_busy"]
+                g["other_processes_cores"] = (cpu["others"] - g["cpu_s"]) / cpu["wall"]
+                g["server"] = server.stats()
+                bounds[pool] = g
+                gateway_bench.print_bound(g, args.delay)
+            result["gateway_by_pool"] = bounds
+            result["gateway"] = max(bounds.values(), key=lambda b: b["documents_per_s"])
 
         if not args.skip_celery:
             result["celery"] = celery_run(args, corpus, workspace, server, env, workdir)
