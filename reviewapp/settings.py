@@ -136,6 +136,9 @@ TEMPLATES = [
     }
 ]
 
+# True in a process gevent has monkeypatched (`celery worker --pool=gevent`, the production worker).
+GEVENT = bool((m := sys.modules.get("gevent.monkey")) and m.is_module_patched("threading"))
+
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
@@ -151,6 +154,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif env_int("DB_POOL_MAX", 64 if GEVENT else 0):
+    # A gevent worker runs each task in a new greenlet, and Django keeps one connection per greenlet: without a
+    # pool every task would open (and leak) a PostgreSQL session. With psycopg's pool, closing the connection at
+    # the end of a task (reviewapp/celery.py) hands it back. DB_POOL_MAX must cover the worker's concurrency.
+    # (Django gives the pool conn_health_checks' check: a connection broken by a database restart is replaced
+    # on checkout instead of failing the task that draws it.)
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django's pool takes over persistence
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DB_POOL_MIN", 2),
+        "max_size": env_int("DB_POOL_MAX", 64),
+        # How long a task waits for a connection. Never reached while the pool covers the concurrency; during a
+        # database outage it is how long a task waits before it fails and is retried later (docs/faults.md).
+        "timeout": env_int("DB_POOL_TIMEOUT", 5),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -202,10 +219,22 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "memory://localhost/"
 CELERY_RESULT_BACKEND = None  # state lives on the Document rows, not in a result backend
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True  # a killed worker's job goes back to the queue
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A gevent worker runs Celery's blocking consumer loop, which rechecks for free slots only every second once
+# all are taken: with a second message per slot waiting in the worker, a finished task's slot refills at once.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 2 if GEVENT else 1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 900)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 840)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 1800)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 1800),
+    # kombu's Redis pool holds 10 connections and fails (never waits) beyond them; every task's ack takes one,
+    # and a gevent worker's 64 greenlets ack at once: a failed ack leaves the message unacked (it comes back
+    # after the visibility timeout) and holds one of the worker's prefetch slots until then.
+    "max_connections": env_int("CELERY_BROKER_MAX_CONNECTIONS", 256),
+    # How often a worker looks for messages whose worker died (older than the visibility timeout) and puts
+    # them back: every 10 s, each time (kombu's default scans only every 10th time: ~100 s).
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE") or "reviewapp"
 # Celery's Django fixup closes the database connection before and after every task unless this is set, so

@@ -52,7 +52,7 @@ def start_worker(queue: str, broker: str, **extra_env: str) -> subprocess.Popen[
             "-A",
             "reviewapp",
             "worker",
-            "--pool=threads",
+            "--pool=gevent",
             "--concurrency=4",
             "--without-mingle",
             "--without-gossip",

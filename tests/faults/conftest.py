@@ -317,7 +317,7 @@ class Stack:
 
     def start_worker(self, **extra: str) -> Service:
         n = len(self.workers)
-        args = [sys.executable, "-m", "celery", "-A", "reviewapp", "worker", "--pool=threads"]
+        args = [sys.executable, "-m", "celery", "-A", "reviewapp", "worker", "--pool=gevent"]
         args += ["--concurrency=2", "--without-mingle", "--without-gossip", "--loglevel=INFO"]
         args += ["-Q", self.queue, "-n", f"{self.queue}-{n}@%h"]
         worker = Service(f"worker{n}", args, self.env(**extra), self.workdir)
