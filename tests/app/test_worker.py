@@ -191,3 +191,30 @@ def test_a_worker_killed_mid_extraction_loses_and_duplicates_nothing(
         assert runs.count("succeeded") == 1, (doc.pk, runs)  # exactly one completed run: no duplicate
         assert FieldValue.objects.filter(document=doc).count() == 4
         assert "running" not in runs  # a dead worker's run was closed (abandoned), never left 'running'
+
+
+@pytest.mark.parametrize("asyncio_first", [False, True])
+def test_a_gevent_worker_refuses_to_start_if_asyncio_would_share_one_loop(asyncio_first: bool) -> None:
+    """The worker_init check in reviewapp/celery.py: gevent patched after asyncio was imported (or without the
+    plugin) would let litellm's per-call event loops leak into every greenlet (tests/core/test_greenlets.py)."""
+    code = (
+        ("import asyncio\n" if asyncio_first else "")
+        + "from gevent import monkey; monkey.patch_all()\n"
+        + "from reviewapp.celery import _check_asyncio\n"
+        + "_check_asyncio()\n"
+        + "print('started')\n"
+    )
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "PYTHONPATH": str(ROOT),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    if asyncio_first:
+        assert out.returncode != 0
+        assert "share one event loop between greenlets" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == "started"
