@@ -57,8 +57,9 @@ app.steps["consumer"].add(RestoreUnackedMessages)
 
 @worker_init.connect
 def _check_asyncio(**kwargs: Any) -> None:
-    """A gevent worker whose asyncio keeps one running loop per OS thread would fail most LLM calls: refuse to
-    start (extraction/greenlets.py says why and how the installed package prevents it)."""
+    """A gevent worker whose asyncio keeps one running loop per OS thread would have its queries refused while
+    any greenlet waits on a model: refuse to start (extraction/greenlets.py says why and how the installed
+    package prevents it)."""
     if not asyncio_is_greenlet_safe():
         raise RuntimeError(
             "gevent patched this worker after asyncio was imported, or without the plugin in "
@@ -72,8 +73,9 @@ def _check_asyncio(**kwargs: Any) -> None:
 def _close_old_connections(task: Any = None, **kwargs: Any) -> None:
     """Around each task, what Django does around each request: drop connections that are too old or broken.
 
-    (Celery's fixup would close them all; CELERY_DB_REUSE_MAX in settings turns that off.) Eager tasks run
-    inside their caller's transaction and connection, which must be left alone.
+    (Celery's fixup would close them all; CELERY_DB_REUSE_MAX in settings turns that off.) In a gevent worker
+    CONN_MAX_AGE is 0, so this hands the task's connection back to the pool when the task ends. Eager tasks
+    run inside their caller's transaction and connection, which must be left alone.
     """
     if task is not None and getattr(task.request, "is_eager", False):
         return
