@@ -267,11 +267,14 @@ class Document(models.Model):
 
     @property
     def current_run(self) -> ExtractionRun | None:
-        return (
-            self.runs.filter(status=ExtractionRun.Status.SUCCEEDED, evaluation__isnull=True)
-            .order_by("-id")
-            .first()
-        )
+        return self.runs.current().first()
+
+
+class ExtractionRunQuerySet(models.QuerySet):
+    def current(self) -> ExtractionRunQuerySet:
+        """The runs a document's current run is chosen from, newest first: the document's current run is the
+        first (succeeded, not an evaluation's). Also usable as a subquery (`.values("pk")[:1]`)."""
+        return self.filter(status=ExtractionRun.Status.SUCCEEDED, evaluation__isnull=True).order_by("-id")
 
 
 class ExtractionRun(models.Model):
@@ -305,6 +308,8 @@ class ExtractionRun(models.Model):
     dropped_fields = models.JSONField(default=list, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
+
+    objects = ExtractionRunQuerySet.as_manager()
 
     class Meta:
         ordering = ["-started_at"]

@@ -13,7 +13,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from .errors import NotFound
-from .models import Document, DocumentType, ExtractionRun, FieldValue, Membership, Workspace
+from .models import Document, DocumentType, FieldValue, Membership, Workspace
 
 _memberships_epoch = 0  # bumped by every change of a membership or workspace in this process
 
@@ -236,11 +236,7 @@ def _current_run_fields(document: Document) -> QuerySet[FieldValue]:
     """The fields of the document's current run (Document.current_run), in schema order.
 
     One query: the current run is a subquery, not a round trip of its own (no run: no fields)."""
-    current_run = (
-        document.runs.filter(status=ExtractionRun.Status.SUCCEEDED, evaluation__isnull=True)
-        .order_by("-id")
-        .values("pk")[:1]
-    )
+    current_run = document.runs.current().values("pk")[:1]
     return FieldValue.objects.filter(run_id=Subquery(current_run)).order_by(
         "field_spec__position", "field_spec_id"
     )

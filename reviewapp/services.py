@@ -554,10 +554,9 @@ def _current_run_id() -> Any:
     it with the locked row instead of in a query of its own."""
     from django.db.models import OuterRef, Subquery
 
-    runs = ExtractionRun.objects.filter(
-        document_id=OuterRef("document_id"), status=ExtractionRun.Status.SUCCEEDED, evaluation__isnull=True
+    return Subquery(
+        ExtractionRun.objects.filter(document_id=OuterRef("document_id")).current().values("pk")[:1]
     )
-    return Subquery(runs.order_by("-id").values("pk")[:1])
 
 
 def field_decide(
