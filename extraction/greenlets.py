@@ -28,10 +28,15 @@ def did_patch_all(event: Any = None) -> None:
     sys.modules.setdefault("_asyncio", None)  # `import _asyncio` now raises ImportError: pure-Python asyncio
 
 
+def gevent_patched() -> bool:
+    """True in a process gevent has monkeypatched (`celery worker --pool=gevent`)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
+
+
 def asyncio_is_greenlet_safe() -> bool:
     """True unless gevent has patched this process and asyncio keeps its running loop per OS thread."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
+    if not gevent_patched():
         return True
     import asyncio.events
 

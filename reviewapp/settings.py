@@ -14,6 +14,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from extraction.greenlets import gevent_patched
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -137,7 +139,7 @@ TEMPLATES = [
 ]
 
 # True in a process gevent has monkeypatched (`celery worker --pool=gevent`, the production worker).
-GEVENT = bool((m := sys.modules.get("gevent.monkey")) and m.is_module_patched("threading"))
+GEVENT = gevent_patched()
 
 DATABASES = {
     "default": dj_database_url.parse(
