@@ -8,9 +8,16 @@ model field's `get_db_prep_save`, so they are stored exactly as the ORM would st
 - **Document types are cached per process**, checked against `DocumentType.config_version`, which the
   claim returns with the document. Editing a type, a field or a prompt anywhere bumps it (models.py), so
   the next claim reloads the type; when nothing changed, the claim is the only read of a run.
-- **Group commit.** Runs that finish at about the same time in one process write their results in one
-  transaction (`ResultWriter`): one INSERT of all their calls, one of all their fields. Each run's task
-  still returns, and acks its message, only after the transaction holding its results has committed.
+- **The run's row is written with its results.** A run is built in memory when the claim succeeds and
+  INSERTed, already finished, by the statement that stores its results; only a run that must be pointed at
+  earlier (a failed call's trace, a crash) is stored while running (`ensure_run`). The claim's
+  (`claim_token`, `deliveries`) pair tells each delivery's results apart, so no running row is needed as
+  an ownership mark.
+- **Group commit.** Runs that finish at about the same time in one process write their results together
+  (`ResultWriter`): on PostgreSQL in **one statement** (data-modifying CTEs: the ownership check, the
+  documents' UPDATE, and the INSERTs of the runs, their calls and their fields), which in autocommit mode
+  is also its own transaction: one round trip per batch instead of eight. Each run's task still returns,
+  and acks its message, only after the statement holding its results has committed.
 """
 
 from __future__ import annotations
@@ -30,7 +37,15 @@ from django.db.models import Model
 from django.utils import timezone
 
 from . import webhooks
-from .models import Document, DocumentType, ExtractionRun, FieldValue, LLMCall, Workspace
+from .models import (
+    Document,
+    DocumentType,
+    ExtractionRun,
+    FieldValue,
+    LLMCall,
+    WebhookSubscription,
+    Workspace,
+)
 
 Status = Document.Status
 RunStatus = ExtractionRun.Status
@@ -199,25 +214,43 @@ def claim(document_id: int, token: str, *, now: Any, stale_before: Any) -> Docum
 
 
 # --- the run and its calls ------------------------------------------------------------------------------
-def run_start(
+def new_run(
     *, document: Document, prompt: Any, token: str, arm: str, model_requested: str, now: Any
 ) -> ExtractionRun:
-    """INSERT the run row ('running', the model's defaults elsewhere) and return it, bound to the loaded
-    document and prompt."""
-    run = ExtractionRun(
+    """Return this delivery's run, bound to the loaded document and prompt, not yet stored: its row goes in
+    with its results (write_results), or earlier through ensure_run."""
+    return ExtractionRun(
         document=document, prompt_version=prompt, task_id=token, arm=arm, model_requested=model_requested,
         started_at=now,
     )  # fmt: skip
-    fields = [f for f in ExtractionRun._meta.concrete_fields if not f.primary_key]
-    (run.pk,) = insert_rows(
-        ExtractionRun,
-        tuple(f.name for f in fields),
-        [[getattr(run, f.attname) for f in fields]],
-        returning=True,
-    )
+
+
+@functools.cache
+def _run_names() -> tuple[str, ...]:
+    return tuple(f.name for f in ExtractionRun._meta.concrete_fields if not f.primary_key)
+
+
+def _run_row(run: ExtractionRun, values: dict[str, Any] | None = None) -> list[Any]:
+    """The run's row in _run_names() order, with `values` (by field name) in place of its own."""
+    values = values or {}
+    return [
+        values[n] if n in values else getattr(run, ExtractionRun._meta.get_field(n).attname)
+        for n in _run_names()
+    ]
+
+
+def _stored(run: ExtractionRun, pk: int) -> None:
+    run.pk = pk
     run._state.adding = False
     run._state.db = connection.alias
-    return run
+
+
+def ensure_run(run: ExtractionRun) -> None:
+    """INSERT the run as it stands (usually 'running') if it is not stored yet: something must point at it
+    before its results do (a failed call's trace), or it ends without results (a crash, a failed step)."""
+    if run.pk is None:
+        (pk,) = insert_rows(ExtractionRun, _run_names(), [_run_row(run)], returning=True)
+        _stored(run, pk)
 
 
 CALL_FIELDS = ("run", "document", "step", "attempt", "chunk", "prompt_version", "model_alias", "model_requested",
@@ -233,6 +266,11 @@ FIELD_FIELDS = ("run", "document", "workspace", "field_spec", "value", "raw_valu
 
 def insert_calls(rows: Sequence[Sequence[Any]]) -> None:
     insert_rows(LLMCall, CALL_FIELDS, rows)
+
+
+def _with_run(rows: Sequence[Sequence[Any]], run_id: Any) -> list[Sequence[Any]]:
+    """`rows` (CALL_FIELDS or FIELD_FIELDS order: the run first) pointing at `run_id`."""
+    return [(run_id, *row[1:]) for row in rows]
 
 
 # --- results, group-committed ---------------------------------------------------------------------------
@@ -255,52 +293,156 @@ class Finished:
 
 
 def write_results(items: Sequence[Finished], now: Any) -> None:
-    """Store the results of `items` in one transaction; set each item's outcome.
+    """Store the results of `items` together; set each item's outcome and store its run.
 
-    Ownership is checked per document: the document must still be 'extracting' under this delivery's token
-    (someone may have re-queued or reclaimed it while the models answered) and its run still 'running' (a
-    duplicate delivery of the same task abandons it when it takes over). Runs that lost are marked
-    abandoned and their results dropped ("superseded"); their calls are kept, as traces.
+    Ownership is checked per document: it must still be 'extracting' under this delivery's claim (token and
+    delivery count: someone may have re-queued or reclaimed it while the models answered, or a redelivery
+    of the same task may have taken it over). Runs that lost are stored as abandoned and their fields
+    dropped ("superseded"); their calls are kept, as traces.
     """
-    d, r = _t(Document), _t(ExtractionRun)
+    if connection.vendor == "postgresql" and all(it.run.pk is None for it in items):
+        results = _write_in_one_statement(items, now)
+    else:
+        results = _write_in_a_transaction(items, now)
+    changes = []
+    for it, (run_id, mine, subscribed) in zip(items, results, strict=True):
+        for name, value in it.run_values.items():
+            setattr(it.run, name, value)
+        if not mine:
+            it.run.status = RunStatus.ABANDONED
+        _stored(it.run, run_id)
+        it.outcome = it.document_status if mine else "superseded"
+        it.calls.pending = []
+        if subscribed:
+            changes.append((it.document.pk, it.events, it.document.workspace_id))
+    webhooks.emit_many(changes)
+
+
+def _write_in_a_transaction(items: Sequence[Finished], now: Any) -> list[tuple[int, bool, bool]]:
+    """write_results, a statement at a time: SQLite, and batches holding a run stored while it ran."""
+    d = _t(Document)
+    results = []
     with transaction.atomic(), connection.cursor() as cursor:
         # Lock the documents first (in id order), then the runs, as every other writer does.
-        owned_sql = " OR ".join(["(id = %s AND claim_token = %s)"] * len(items))
+        owned_sql = " OR ".join(["(id = %s AND claim_token = %s AND deliveries = %s)"] * len(items))
         lock = " ORDER BY id FOR UPDATE" if connection.features.has_select_for_update else ""
         params: list[Any] = [Status.EXTRACTING]
         for it in items:
-            params += [it.document.pk, it.document.claim_token]
-        cursor.execute(f"SELECT id FROM {d} WHERE status = %s AND ({owned_sql}){lock}", params)
-        owned = {row[0] for row in cursor.fetchall()}
+            params += [it.document.pk, it.document.claim_token, it.document.deliveries]
+        cursor.execute(f"SELECT id, deliveries FROM {d} WHERE status = %s AND ({owned_sql}){lock}", params)
+        owned = set(cursor.fetchall())
         calls: list[Sequence[Any]] = []
         fields: list[Sequence[Any]] = []
-        lost: list[int] = []
-        stored: list[Finished] = []
         for it in items:
-            mine = it.document.pk in owned and _update(
-                cursor, ExtractionRun, it.run.pk, it.run_values, " AND status = %s", RunStatus.RUNNING
-            )
+            mine = (it.document.pk, it.document.deliveries) in owned
+            run_values = {**it.run_values, "status": RunStatus.SUCCEEDED if mine else RunStatus.ABANDONED}
+            if it.run.pk is None:
+                row = _run_row(it.run, run_values)
+                (run_id,) = insert_rows(ExtractionRun, _run_names(), [row], returning=True)
+            else:
+                run_id = it.run.pk
+                if not _update(
+                    cursor, ExtractionRun, run_id, run_values, " AND status = %s", RunStatus.RUNNING
+                ):
+                    mine = False  # closed meanwhile (abandoned by a redelivery): drop the results
             if mine:
                 values = {"status": it.document_status, "status_reason": it.status_reason, "updated_at": now}
                 _update(cursor, Document, it.document.pk, values)
-                fields.extend(it.fields)
-                stored.append(it)
-                it.outcome = it.document_status
-            else:
-                lost.append(it.run.pk)
-                it.outcome = "superseded"
-            calls.extend(it.calls.pending)
-        if lost:
-            marks = ", ".join(["%s"] * len(lost))
-            cursor.execute(
-                f"UPDATE {r} SET status = %s, finished_at = %s WHERE id IN ({marks})",
-                [RunStatus.ABANDONED, connection.ops.adapt_datetimefield_value(now), *lost],
-            )
+                fields.extend(_with_run(it.fields, run_id))
+            calls.extend(_with_run(it.calls.pending, run_id))
+            results.append((run_id, mine, mine))
         insert_calls(calls)
         insert_rows(FieldValue, FIELD_FIELDS, fields)
-        webhooks.emit_many([(it.document.pk, it.events, it.document.workspace_id) for it in stored])
-    for it in items:
-        it.calls.pending = []
+    return results
+
+
+@functools.cache
+def _one_statement_sql() -> str:
+    """The PostgreSQL statement of write_results (see _write_in_one_statement)."""
+    quote = connection.ops.quote_name
+    d, r, c, f, s = (_t(m) for m in (Document, ExtractionRun, LLMCall, FieldValue, WebhookSubscription))
+
+    def columns(model: type[Model], names: tuple[str, ...]) -> list[str]:
+        return [quote(model._meta.get_field(n).column) for n in names]
+
+    runs = columns(ExtractionRun, _run_names())
+    runs_from_x = ", ".join(
+        "CASE WHEN docs.k IS NULL THEN %s ELSE x.status END" if col == quote("status") else f"x.{col}"
+        for col in runs
+    )
+    calls = columns(LLMCall, CALL_FIELDS)[1:]  # the run comes from the item
+    fields = columns(FieldValue, FIELD_FIELDS)[1:]
+    run_id = quote("run_id")
+    return f"""
+WITH items AS MATERIALIZED (
+    SELECT i.*, nextval(pg_get_serial_sequence('{ExtractionRun._meta.db_table}', 'id')) AS run_id
+    FROM json_to_recordset(%s::json)
+        AS i(k integer, doc bigint, token text, deliveries integer, status text, reason text)
+), owned AS (
+    SELECT d.id FROM {d} d JOIN items i ON d.id = i.doc AND d.claim_token = i.token
+        AND d.deliveries = i.deliveries
+    WHERE d.status = %s ORDER BY d.id FOR UPDATE OF d
+), docs AS (
+    UPDATE {d} d SET status = i.status, status_reason = i.reason, updated_at = %s
+    FROM items i WHERE d.id = i.doc AND d.deliveries = i.deliveries AND d.id IN (SELECT id FROM owned)
+    RETURNING i.k, d.workspace_id
+), runs AS (
+    INSERT INTO {r} (id, {", ".join(runs)})
+    SELECT i.run_id, {runs_from_x}
+    FROM json_populate_recordset(NULL::{r}, %s::json) x JOIN items i ON i.k = x.id LEFT JOIN docs ON docs.k = i.k
+), calls AS (
+    INSERT INTO {c} ({run_id}, {", ".join(calls)})
+    SELECT i.run_id, {", ".join(f"x.{col}" for col in calls)}
+    FROM json_populate_recordset(NULL::{c}, %s::json) x JOIN items i ON i.k = x.{run_id}
+), fields AS (
+    INSERT INTO {f} ({run_id}, {", ".join(fields)})
+    SELECT i.run_id, {", ".join(f"x.{col}" for col in fields)}
+    FROM json_populate_recordset(NULL::{f}, %s::json) x JOIN items i ON i.k = x.{run_id}
+        JOIN docs ON docs.k = i.k
+)
+SELECT i.run_id, docs.k IS NOT NULL,
+    EXISTS (SELECT 1 FROM {s} s WHERE s.active AND s.workspace_id = docs.workspace_id)
+FROM items i LEFT JOIN docs ON docs.k = i.k ORDER BY i.k"""
+
+
+def _json_rows(
+    model: type[Model], names: tuple[str, ...], rows: list[tuple[int, Sequence[Any]]], key: str
+) -> str:
+    """`rows` as a JSON array of objects keyed by column, with the item's number `k` under `key`."""
+    plan = _insert_plan(model, names, connection.ops.quote_name)
+    out = []
+    for k, row in rows:
+        data = dict(zip(plan.columns, _json_row(row, plan.convert), strict=True))
+        data[key] = k
+        out.append(data)
+    return json.dumps(out)
+
+
+def _write_in_one_statement(items: Sequence[Finished], now: Any) -> list[tuple[int, bool, bool]]:
+    """write_results on PostgreSQL, for runs not stored yet: one statement, its own transaction.
+
+    Every item gets a number `k` and a run id from the runs' sequence; the JSON rows of its run, calls and
+    fields carry `k` in their id / run_id column, which joins them to the item. Sub-statements of one
+    statement share a snapshot, so each one takes what it needs of the others from their RETURNING: the
+    documents still ours (`docs`) decide the runs' status and which fields go in.
+    """
+    heads = [
+        {"k": k, "doc": it.document.pk, "token": it.document.claim_token, "deliveries": it.document.deliveries,
+         "status": it.document_status, "reason": it.status_reason}
+        for k, it in enumerate(items)
+    ]  # fmt: skip
+    rows = [(k, _run_row(it.run, it.run_values)) for k, it in enumerate(items)]
+    runs = _json_rows(ExtractionRun, _run_names(), rows, "id")
+    calls = _json_rows(
+        LLMCall, CALL_FIELDS, [(k, c) for k, it in enumerate(items) for c in it.calls.pending], "run_id"
+    )
+    fields = _json_rows(
+        FieldValue, FIELD_FIELDS, [(k, f) for k, it in enumerate(items) for f in it.fields], "run_id"
+    )
+    params = [json.dumps(heads), Status.EXTRACTING, now, RunStatus.ABANDONED, runs, calls, fields]
+    with connection.cursor() as cursor:
+        cursor.execute(_one_statement_sql(), params)
+        return [(run_id, mine, subscribed) for run_id, mine, subscribed in cursor.fetchall()]
 
 
 class ResultWriter:

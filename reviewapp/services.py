@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, transaction
 from django.db.models import Q
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
@@ -193,8 +193,9 @@ class CallLog:
 
     def flush(self) -> None:
         if self.pending:
+            runstore.ensure_run(self.run)  # a run is stored with its results, unless its calls come first
             rows, self.pending = self.pending, []
-            runstore.insert_calls(rows)
+            runstore.insert_calls([(self.run.pk, *row[1:]) for row in rows])
 
 
 def active_prompt(document_type: DocumentType) -> PromptVersion:
@@ -342,7 +343,7 @@ def extraction_execute(*, document_id: int, token: str) -> str:
             status=ExtractionRun.Status.ABANDONED, finished_at=timezone.now(), error_code="worker_lost"
         )
     prompt, arm = route_prompt(document.document_type)
-    run = runstore.run_start(
+    run = runstore.new_run(
         document=document,
         prompt=prompt,
         token=token,
@@ -356,15 +357,28 @@ def extraction_execute(*, document_id: int, token: str) -> str:
         outcome, trace = run_pipeline(document=document, run=run, calls=calls)
         if isinstance(outcome, PipelineError):
             calls.flush()
+            runstore.ensure_run(run)
             message = f"{outcome.step} step: {outcome}"
             extraction_fail(document_id=document_id, token=token, code=outcome.code, message=message, run=run)
             _export_trace(document, run, trace, "failed", f"{outcome.code}: {outcome}")
             return "failed"
         status = _store_result(document, run, outcome, trace, started, calls)
-    finally:
-        calls.flush()  # whatever the results transaction did not write (superseded, or a crash)
+    except BaseException:
+        _keep_trace(run, calls)
+        raise
     _export_trace(document, run, trace, status)
     return status
+
+
+def _keep_trace(run: ExtractionRun, calls: CallLog) -> None:
+    """A run that crashed (or whose results could not be stored) keeps its row, left 'running' for the
+    task's failure handler to close, and its calls: they are the trace someone will look for. Unless the
+    database is what failed: then the task retries and the next delivery starts a new run."""
+    try:
+        calls.flush()
+        runstore.ensure_run(run)
+    except (DatabaseError, InterfaceError):
+        log.warning("run of document %s: could not store its trace", run.document_id, exc_info=True)
 
 
 def _export_trace(

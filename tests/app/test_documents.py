@@ -235,17 +235,19 @@ def test_an_extraction_runs_a_fixed_handful_of_sql_statements(
                 "auto_accepted",
             )
         counts.append(len([q for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]))
-    # The claim (one UPDATE ... RETURNING: the type comes from the per-process cache), the run INSERT, then
-    # one transaction: the documents' SELECT ... FOR UPDATE, run UPDATE, document UPDATE, LLMCall INSERT (all
-    # calls), FieldValue INSERT; on commit, the webhook subscriptions SELECT.
-    assert counts == [8, 8], counts
-    # The calls go in one INSERT with one parameter, the rows as JSON (runstore.insert_rows): psycopg would
-    # parse a statement of 72 placeholders on every call.
-    (insert,) = [
-        q["sql"] for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "reviewapp_llmcall"')
-    ]
-    assert "json_populate_recordset" in insert
+    # The claim (one UPDATE ... RETURNING: the type comes from the per-process cache), then one statement
+    # for the results: the ownership check, the document UPDATE and the INSERTs of the run, its calls and
+    # its fields, which also says whether the workspace has webhooks (it has none: no further query).
+    assert counts == [2, 2], counts
+    claim, results = (q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"])
+    assert claim.startswith('UPDATE "reviewapp_document"')
+    # The rows go in as JSON, one parameter each: psycopg would parse a statement of 72 placeholders per call.
+    assert results.lstrip().startswith("WITH items") and results.count("json_populate_recordset") == 3
     assert LLMCall.objects.filter(document=doc).count() == 3
+    run = doc.runs.get()
+    assert run.status == "succeeded" and run.finished_at and run.prompt_tokens > 0
+    assert set(LLMCall.objects.filter(document=doc).values_list("run", flat=True)) == {run.pk}
+    assert FieldValue.objects.filter(document=doc, run=run).count() == receipt_type.fields.count()
 
 
 def test_a_type_edited_anywhere_is_reloaded_by_the_next_claim(

@@ -113,11 +113,11 @@ def test_a_failed_batch_fails_every_run_in_it_visibly_and_keeps_their_calls(
 ) -> None:
     ids = _queued(workspace, receipt_type, 3)
 
-    def broken(changes: Any) -> None:
+    def broken(items: Any, now: Any) -> None:
         raise RuntimeError("disk full")
 
-    # The last step inside the results transaction: the whole batch rolls back.
-    monkeypatch.setattr(runstore.webhooks, "emit_many", broken)
+    # The statement that stores the batch fails: nothing of it is stored.
+    monkeypatch.setattr(runstore, "_write_in_one_statement", broken)
     outcomes = _run_together(lambda i: extract_document.apply(args=(i,)).result, ids)
     assert all(isinstance(outcomes[i], RuntimeError) for i in ids), outcomes
     for doc in Document.objects.filter(pk__in=ids):
@@ -127,3 +127,70 @@ def test_a_failed_batch_fails_every_run_in_it_visibly_and_keeps_their_calls(
         assert not doc.fields.exists()
         assert LLMCall.objects.filter(run=run).count() == 3  # written by the run's own flush, as traces
     assert max(len(b) for b in batches) > 1, batches
+
+
+def test_two_deliveries_of_one_document_in_one_batch_store_only_the_later_claim(
+    workspace: Any, receipt_type: Any, batches: list[list[int]]
+) -> None:
+    """A redelivery of the same task (same token) takes the claim over: the claim count tells the two runs'
+    results apart even when both land in the same statement."""
+    (doc_id,) = _queued(workspace, receipt_type, 1)
+    claimed: dict[int, int] = {}  # thread -> the claim count its delivery saw
+    real_claim = services._claim
+
+    def delivery(i: int) -> str:
+        def claim(*args: Any) -> Any:
+            document = real_claim(*args)
+            claimed[i] = document.deliveries
+            return document
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(services, "_claim", claim)
+            return services.extraction_execute(document_id=doc_id, token="same-task")
+
+    outcomes = _run_together(delivery, [0, 1])
+    doc = Document.objects.get(pk=doc_id)
+    later = max(claimed, key=claimed.get)
+    assert outcomes[later] == doc.status and outcomes[1 - later] == "superseded", (outcomes, claimed)
+    assert doc.deliveries == 2 and doc.status in ("needs_review", "auto_accepted")
+    runs = {r.status: r for r in doc.runs.all()}
+    assert sorted(runs) == ["abandoned", "succeeded"]
+    # The fields are the later claim's run's, once; each run keeps its own three calls.
+    assert set(doc.fields.values_list("run", flat=True)) == {runs["succeeded"].pk}
+    assert doc.fields.count() == receipt_type.fields.count()
+    for run in runs.values():
+        assert LLMCall.objects.filter(run=run).count() == 3
+    assert batches == [[doc_id, doc_id]], batches
+
+
+def test_a_run_stored_early_by_a_failed_call_is_finished_in_place(
+    workspace: Any, receipt_type: Any, batches: list[list[int]], monkeypatch: Any
+) -> None:
+    """A failed call is written at once, so its run is stored while running; the batch holding it then
+    updates that row (runstore's statement-at-a-time path) and still stores the other runs."""
+    from extraction.gateway import CallRecord
+
+    ids = _queued(workspace, receipt_type, 3)
+    real = services.run_pipeline
+
+    def pipeline_with_a_failed_retry(**kwargs: Any) -> Any:
+        out = real(**kwargs)
+        if kwargs["document"].pk == ids[0]:
+            kwargs["calls"].add(CallRecord(
+                step="verify", attempt=1, chunk=None, prompt_version="v", model_alias="primary",
+                model_requested="m", messages=[{"role": "user", "content": "x"}], started_at=0.0,
+                error_class="Timeout",
+            ))  # fmt: skip
+        return out
+
+    monkeypatch.setattr(services, "run_pipeline", pipeline_with_a_failed_retry)
+    outcomes = _run_together(lambda i: services.extraction_execute(document_id=i, token=f"t{i}"), ids)
+    for doc in Document.objects.filter(pk__in=ids):
+        assert outcomes[doc.pk] == doc.status and doc.status in ("needs_review", "auto_accepted")
+        (run,) = doc.runs.all()
+        assert run.status == "succeeded" and run.finished_at is not None
+        calls = LLMCall.objects.filter(run=run)
+        assert calls.count() == (4 if doc.pk == ids[0] else 3)
+        assert FieldValue.objects.filter(run=run).count() == receipt_type.fields.count()
+    assert LLMCall.objects.filter(document_id=ids[0], error_class="Timeout", run__isnull=False).count() == 1
+    assert any(ids[0] in b and len(b) > 1 for b in batches), batches
