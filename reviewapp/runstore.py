@@ -393,12 +393,14 @@ WITH items AS MATERIALIZED (
 ), calls AS (
     INSERT INTO {c} ({run_id}, {", ".join(calls)})
     SELECT i.run_id, {", ".join(f"x.{col}" for col in calls)}
-    FROM json_populate_recordset(NULL::{c}, %s::json) x JOIN items i ON i.k = x.{run_id}
+    FROM json_populate_recordset(NULL::{c}, %s::json) WITH ORDINALITY x JOIN items i ON i.k = x.{run_id}
+    ORDER BY x.ordinality
 ), fields AS (
     INSERT INTO {f} ({run_id}, {", ".join(fields)})
     SELECT i.run_id, {", ".join(f"x.{col}" for col in fields)}
-    FROM json_populate_recordset(NULL::{f}, %s::json) x JOIN items i ON i.k = x.{run_id}
+    FROM json_populate_recordset(NULL::{f}, %s::json) WITH ORDINALITY x JOIN items i ON i.k = x.{run_id}
         JOIN docs ON docs.k = i.k
+    ORDER BY x.ordinality
 )
 SELECT i.run_id, docs.k IS NOT NULL,
     EXISTS (SELECT 1 FROM {s} s WHERE s.active AND s.workspace_id = docs.workspace_id)
@@ -422,7 +424,9 @@ def _write_in_one_statement(items: Sequence[Finished], now: Any) -> list[tuple[i
     """write_results on PostgreSQL, for runs not stored yet: one statement, its own transaction.
 
     Every item gets a number `k` and a run id from the runs' sequence; the JSON rows of its run, calls and
-    fields carry `k` in their id / run_id column, which joins them to the item. Sub-statements of one
+    fields carry `k` in their id / run_id column, which joins them to the item. Calls and fields are
+    inserted in the order given (ORDER BY ordinality: the joins would shuffle them), so their ids keep
+    the order the calls were made and the fields are declared in. Sub-statements of one
     statement share a snapshot, so each one takes what it needs of the others from their RETURNING: the
     documents still ours (`docs`) decide the runs' status and which fields go in.
     """
