@@ -219,6 +219,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 # --- Celery --------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "memory://localhost/"
 CELERY_RESULT_BACKEND = None  # state lives on the Document rows, not in a result backend
+# The disabled backend holds no state. Not marked thread-safe, Celery keeps one per thread: per greenlet in a
+# gevent worker, so every task built a new one (0.35 ms of CPU per task under load, bench/THROUGHPUT.md).
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True  # a killed worker's job goes back to the queue
 # A gevent worker runs Celery's blocking consumer loop, which rechecks for free slots only every second once
