@@ -563,14 +563,22 @@ def _close_document_if_done(document_id: int, run_id: int) -> None:
         webhooks.emit(document_id, "document.reviewed")
 
 
+_CURRENT_RUN_ID: list[Any] = []  # _current_run_id's expression, built once
+
+
 def _current_run_id() -> Any:
     """The id of the field's document's current run (Document.current_run) as a subquery: the decision reads
-    it with the locked row instead of in a query of its own."""
+    it with the locked row instead of in a query of its own. Built once per process: a query resolves (and so
+    copies) an expression it is given, never changes it."""
     from django.db.models import OuterRef, Subquery
 
-    return Subquery(
-        ExtractionRun.objects.filter(document_id=OuterRef("document_id")).current().values("pk")[:1]
-    )
+    if not _CURRENT_RUN_ID:
+        _CURRENT_RUN_ID.append(
+            Subquery(
+                ExtractionRun.objects.filter(document_id=OuterRef("document_id")).current().values("pk")[:1]
+            )
+        )
+    return _CURRENT_RUN_ID[0]
 
 
 def field_decide(
@@ -592,9 +600,10 @@ def field_decide(
 
 
 def _decide(
-    *, user: Any, field_id: int, action: str, version: int | None, value: Any, bulk: bool
+    *, user: Any, field_id: int, action: str, version: int | None, value: Any, bulk: bool, filters: Any = None
 ) -> FieldValue:
-    """field_decide's work; the caller holds the transaction."""
+    """field_decide's work; the caller holds the transaction. `filters`: the queue's, whose cached open count
+    the decision adjusts besides the unfiltered one (selectors.queue_counts_decided)."""
     if action not in Action.values:
         raise InvalidCorrection(f"unknown action {action!r}", code="invalid_action")
     try:
@@ -662,6 +671,14 @@ def _decide(
         bulk=bulk,
     )
     _close_document_if_done(fv.document_id, fv.run_id)
+    from functools import partial
+
+    from .selectors import queue_counts_decided
+
+    was_open = before_status == FieldValue.Status.NEEDS_REVIEW
+    transaction.on_commit(
+        partial(queue_counts_decided, user, was_open=was_open, filters=filters), robust=True
+    )
     return fv
 
 
@@ -682,6 +699,20 @@ def fields_bulk_accept(*, user: Any, versions: dict[int, int]) -> tuple[int, lis
 
 
 CLAIM_RELATED = ("document__document_type", "field_spec")
+# The claimed field is shown, not edited (a decision reads the row again, locked): only the columns the queue
+# shows are read, 30 of the 4 tables' 69. The ORM spends Python on every column it selects and loads.
+CLAIM_ONLY = (
+    *("status", "value", "confidence", "reasoning", "problem", "audit_sample", "version"),
+    *("evidence_start", "evidence_end", "claimed_by", "claim_expires_at"),
+    *("document__filename", "document__text", "document__document_type__name"),
+    *("field_spec__name", "field_spec__type", "field_spec__description", "field_spec__required"),
+    *("field_spec__threshold", "field_spec__choices"),
+)
+
+
+def _claimed() -> Any:
+    """The claimed field as the queue shows it: with its document, document type and spec, in one query."""
+    return FieldValue.objects.select_related(*CLAIM_RELATED).only(*CLAIM_ONLY)
 
 
 def _lease_update(queryset: Any, **values: Any) -> int:
@@ -721,34 +752,35 @@ def queue_claim_next(
     `likely_held` only picks the cheaper plan: the held field with its related rows in one query (a page
     reload), or the held field and the candidates in one query (after a decision, which ends the lease).
     """
-    from .selectors import open_fields, queue_candidates, queue_order
+    from .selectors import claim_candidates, open_fields, queue_order
 
     now = timezone.now()
     expires = now + timedelta(seconds=lease_seconds)
     order = queue_order(filters)
     free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
-    open_ = open_fields(user, filters)
-    if skip:
-        open_ = open_.exclude(pk__in=skip)
+    if prefer is not None or likely_held:
+        open_ = open_fields(user, filters)
+        if skip:
+            open_ = open_.exclude(pk__in=skip)
     # Going back (k) to a field skipped earlier takes it again, if nobody else took it meanwhile.
     if prefer is not None and _lease_update(
         FieldValue.objects.filter(Q(pk=prefer) & Q(pk__in=open_.filter(free).values("pk")) & free),
         claimed_by=user,
         claim_expires_at=expires,
     ):
-        return FieldValue.objects.select_related(*CLAIM_RELATED).get(pk=prefer)
-    held = open_.filter(claimed_by=user, claim_expires_at__gte=now)
+        return _claimed().get(pk=prefer)
     if likely_held:
         # The held item is rendered with its document, type and field spec: fetch them in the same query.
-        mine = held.select_related(*CLAIM_RELATED).order_by(*order).first()
+        held = open_.filter(claimed_by=user, claim_expires_at__gte=now)
+        mine = held.select_related(*CLAIM_RELATED).only(*CLAIM_ONLY).order_by(*order).first()
         if mine is not None:
             _lease_extend(mine, expires, lease_seconds)
             return mine
-        held = None
-    ids = [filters.workspace] if filters.workspace is not None else workspace_ids(user)
-    for candidate_id, is_held, *_ in queue_candidates(open_.filter(free), ids, order, held=held):
+    # The candidates: the field held comes first (unless just looked for), then the queue's free fields.
+    candidates = claim_candidates(user, filters, now=now, skip=skip, held=not likely_held)
+    for candidate_id, is_held, *_ in candidates:
         if is_held:
-            mine = FieldValue.objects.select_related(*CLAIM_RELATED).get(pk=candidate_id)
+            mine = _claimed().get(pk=candidate_id)
             _lease_extend(mine, expires, lease_seconds)
             return mine
         won = _lease_update(
@@ -757,7 +789,7 @@ def queue_claim_next(
             claim_expires_at=expires,
         )
         if won:
-            return FieldValue.objects.select_related(*CLAIM_RELATED).get(pk=candidate_id)
+            return _claimed().get(pk=candidate_id)
     return None
 
 
@@ -786,7 +818,13 @@ def queue_decide_next(
     is refused nothing is claimed."""
     with transaction.atomic():
         decided = _decide(
-            user=user, field_id=field_id, action=action, version=version, value=value, bulk=False
+            user=user,
+            field_id=field_id,
+            action=action,
+            version=version,
+            value=value,
+            bulk=False,
+            filters=filters,
         )
         return decided, queue_claim_next(user=user, filters=filters, skip=skip, likely_held=False)
 

@@ -329,7 +329,8 @@ REVIEWAPP_WEBHOOK_BLOCK_PRIVATE = env_bool(
 # Throttle counters must be shared by every web process: Redis when it is there.
 REVIEWAPP_CACHE_URL = env_str("REVIEWAPP_CACHE_URL") or REVIEWAPP_REDIS_URL
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REVIEWAPP_CACHE_URL}
+    # Django's RedisCache, keeping its redis client instead of building one per call (reviewapp/cache.py)
+    "default": {"BACKEND": "reviewapp.cache.RedisCache", "LOCATION": REVIEWAPP_CACHE_URL}
     if REVIEWAPP_CACHE_URL and not TESTING
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }

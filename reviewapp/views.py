@@ -36,7 +36,9 @@ def _skip_ids(request: HttpRequest) -> tuple[int, ...]:
     return tuple(int(x) for x in raw.split(",") if x.isdigit())[:200]
 
 
-def _item_context(request: HttpRequest, item: FieldValue | None, **extra: Any) -> dict[str, Any]:
+def _item_context(
+    request: HttpRequest, item: FieldValue | None, *, choices: bool = False, **extra: Any
+) -> dict[str, Any]:
     filters = selectors.QueueFilters.from_query(request.GET if request.method == "GET" else request.POST)
     query, skip = filters.as_query(), [str(i) for i in _skip_ids(request)]
     ctx: dict[str, Any] = {
@@ -44,7 +46,7 @@ def _item_context(request: HttpRequest, item: FieldValue | None, **extra: Any) -
         "filters": filters,
         "filter_query": query,
         "filter_qs": urlencode(query),
-        "counts": selectors.queue_counts(request.user, filters),
+        **selectors.queue_header(request.user, filters, choices=choices),  # counts (+ the filter options)
         "skip": ",".join(skip),
         "skip_prev": ",".join(skip[:-1]),
         "skip_last": skip[-1] if skip else "",
@@ -86,8 +88,7 @@ def queue(request: HttpRequest) -> HttpResponse:
     )
     if request.htmx:
         return render(request, QUEUE_TEMPLATE + "#item", _item_context(request, item))
-    ctx = _item_context(request, item, **selectors.queue_filter_choices(request.user))
-    return render(request, QUEUE_TEMPLATE, ctx)
+    return render(request, QUEUE_TEMPLATE, _item_context(request, item, choices=True))
 
 
 @require_POST
