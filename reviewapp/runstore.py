@@ -446,7 +446,7 @@ def _write_in_one_statement(items: Sequence[Finished], now: Any) -> list[tuple[i
     params = [json.dumps(heads), Status.EXTRACTING, now, RunStatus.ABANDONED, runs, calls, fields]
     with connection.cursor() as cursor:
         cursor.execute(_one_statement_sql(), params)
-        return [(run_id, mine, subscribed) for run_id, mine, subscribed in cursor.fetchall()]
+        return cursor.fetchall()  # (run id, still ours, the workspace has webhooks) per item, in order
 
 
 class ResultWriter:

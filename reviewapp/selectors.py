@@ -239,6 +239,16 @@ class _StandIns:
     def str(self, name: str) -> str:
         return self._add(name, f"\x00stand-in {name}")
 
+    def compile(self, qs: QuerySet[Any]) -> tuple[str, tuple[tuple[str | None, Any], ...]]:
+        """`qs`'s SQL as the ORM writes it, and each parameter's stand-in name (None: a constant, kept)."""
+        sql, params = qs.query.sql_with_params()
+        return sql, tuple((self.names.get((type(p), p)), p) for p in params)
+
+
+def _bind(slots: tuple[tuple[str | None, Any], ...], values: dict[str, Any]) -> list[Any]:
+    """The parameters of a statement compiled by _StandIns.compile, with `values` in place of the stand-ins."""
+    return [const if name is None else values[name] for name, const in slots]
+
 
 @functools.lru_cache(maxsize=512)
 def _claim_candidates_template(
@@ -267,8 +277,7 @@ def _claim_candidates_template(
         filters=filters,
         held=held,
     )
-    sql, params = qs.query.sql_with_params()
-    slots = tuple((si.names.get((type(p), p)), p) for p in params)
+    sql, slots = si.compile(qs)
     if {name for name, _ in slots} - {None} != set(si.names.values()) - ({"since"} if not has_age else set()):
         return None
     return sql, slots
@@ -301,7 +310,7 @@ def claim_candidates_statement(
         **{f"skip{i}": pk for i, pk in enumerate(skip)},
     }
     sql, slots = template
-    return sql, [const if name is None else values[name] for name, const in slots]
+    return sql, _bind(slots, values)
 
 
 def claim_candidates(
@@ -468,24 +477,25 @@ def document_fields(document: Document) -> list[FieldValue]:
     return list(_current_run_fields(document).select_related("field_spec", "reviewer", "claimed_by"))
 
 
-_SENTINEL = -7_331_113  # stands for the one parameter of a statement compiled once (_statement)
-
-
 @functools.cache
-def _statement(build: Callable[[Any], QuerySet[Any]], vendor: str) -> tuple[str, tuple[Any, ...], int]:
+def _statement(
+    build: Callable[[Any], QuerySet[Any]], vendor: str
+) -> tuple[str, tuple[tuple[str | None, Any], ...]]:
     """The SQL of `build(value)`'s query as the ORM writes it, built once per process (and database vendor),
-    and where its `value` goes among its parameters. For the statements every queue request runs: building
-    and compiling a query costs the ORM 0.1-0.5 ms of Python each time, more than running it."""
-    sql, params = build(_SENTINEL).query.sql_with_params()
-    (at,) = [i for i, p in enumerate(params) if p == _SENTINEL]  # exactly one: `value`'s place
-    return sql, tuple(params), at
+    with `value`'s place among its parameters. For the statements every queue request runs: building and
+    compiling a query costs the ORM 0.1-0.5 ms of Python each time, more than running it."""
+    si = _StandIns()
+    sql, slots = si.compile(build(si.int("value")))
+    if [name for name, _ in slots].count("value") != 1:
+        raise ValueError(f"the value must be exactly one parameter of {sql}")
+    return sql, slots
 
 
 def _run(build: Callable[[Any], QuerySet[Any]], value: Any) -> list[tuple[Any, ...]]:
     """Run `build(value)`'s query (a values_list: plain rows) from its SQL compiled once (_statement)."""
-    sql, params, at = _statement(build, connection.vendor)
+    sql, slots = _statement(build, connection.vendor)
     with connection.cursor() as cur:
-        cur.execute(sql, [*params[:at], value, *params[at + 1 :]])
+        cur.execute(sql, _bind(slots, {"value": value}))
         return cur.fetchall()
 
 

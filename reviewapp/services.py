@@ -7,6 +7,7 @@ never shows half a run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -51,7 +52,7 @@ from .models import (
     ReviewDecision,
     Workspace,
 )
-from .selectors import workspace_ids
+from .selectors import queue_counts_decided, workspace_ids
 
 log = logging.getLogger(__name__)
 Status = Document.Status
@@ -563,22 +564,16 @@ def _close_document_if_done(document_id: int, run_id: int) -> None:
         webhooks.emit(document_id, "document.reviewed")
 
 
-_CURRENT_RUN_ID: list[Any] = []  # _current_run_id's expression, built once
-
-
+@functools.cache
 def _current_run_id() -> Any:
     """The id of the field's document's current run (Document.current_run) as a subquery: the decision reads
     it with the locked row instead of in a query of its own. Built once per process: a query resolves (and so
     copies) an expression it is given, never changes it."""
     from django.db.models import OuterRef, Subquery
 
-    if not _CURRENT_RUN_ID:
-        _CURRENT_RUN_ID.append(
-            Subquery(
-                ExtractionRun.objects.filter(document_id=OuterRef("document_id")).current().values("pk")[:1]
-            )
-        )
-    return _CURRENT_RUN_ID[0]
+    return Subquery(
+        ExtractionRun.objects.filter(document_id=OuterRef("document_id")).current().values("pk")[:1]
+    )
 
 
 def field_decide(
@@ -671,13 +666,9 @@ def _decide(
         bulk=bulk,
     )
     _close_document_if_done(fv.document_id, fv.run_id)
-    from functools import partial
-
-    from .selectors import queue_counts_decided
-
     was_open = before_status == FieldValue.Status.NEEDS_REVIEW
     transaction.on_commit(
-        partial(queue_counts_decided, user, was_open=was_open, filters=filters), robust=True
+        functools.partial(queue_counts_decided, user, was_open=was_open, filters=filters), robust=True
     )
     return fv
 
