@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.test import Client
 
 from reviewapp import demo
 from reviewapp import llm as app_llm
@@ -90,6 +92,20 @@ def llm_config_file(tmp_path: Path, llm: ScriptedLLMServer, settings: Any) -> It
     write()
     yield write
     app_llm.reset()
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache() -> None:
+    """Every test starts with an empty cache: the queue's counts and filter options, the drift banner and the
+    API's throttle buckets are kept there."""
+    cache.clear()
+
+
+def client_for(user: Any, *, csrf: bool = False) -> Client:
+    """A browser session logged in as `user` (`csrf`: enforce the CSRF checks, as a real browser meets them)."""
+    c = Client(enforce_csrf_checks=csrf)
+    c.force_login(user)
+    return c
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.utils import timezone
@@ -22,11 +21,6 @@ from reviewapp.models import ApiKey, Document, FieldValue, IdempotencyRecord, Me
 from tests.conftest import RECEIPT, _user
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _clear_throttle_buckets() -> None:
-    cache.clear()
 
 
 @pytest.fixture

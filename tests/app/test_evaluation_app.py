@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
-from django.test import Client
 from django.utils import timezone
 
 from extraction import evaluation as maths
@@ -35,22 +34,9 @@ from reviewapp.models import (
     PromptVersion,
     ThresholdChange,
 )
-from tests.conftest import RECEIPT
+from tests.conftest import RECEIPT, client_for
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache() -> Any:
-    cache.clear()  # the queue's drift banner is cached
-    yield
-    cache.clear()
-
-
-def admin_client(user: Any) -> Client:
-    c = Client()
-    c.force_login(user)
-    return c
 
 
 def review_everything(doc_type: DocumentType) -> None:
@@ -112,7 +98,7 @@ def test_excluded_and_auto_accepted_fields_are_not_gold(
 
 def test_admin_action_excludes_gold_items(reviewed_receipt: Document, admin_user: Any) -> None:
     total = field(reviewed_receipt, "total")
-    response = admin_client(admin_user).post(
+    response = client_for(admin_user).post(
         "/admin/reviewapp/fieldvalue/", {"action": "exclude_from_gold", "_selected_action": [total.pk]}
     )
     assert response.status_code == 302
@@ -124,7 +110,7 @@ def test_admin_action_excludes_gold_items(reviewed_receipt: Document, admin_user
 def test_gold_exports_as_csv_and_jsonl(
     reviewed_receipt: Document, receipt_type: DocumentType, admin_user: Any
 ) -> None:
-    c = admin_client(admin_user)
+    c = client_for(admin_user)
     response = c.get(f"/admin/reviewapp/documenttype/{receipt_type.pk}/gold.csv")
     assert response.status_code == 200 and response["Content-Type"] == "text/csv"
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
@@ -221,7 +207,7 @@ def test_admin_queues_an_evaluation_that_runs_in_the_background(
 ) -> None:
     prompt = receipt_type.active_prompt
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        response = admin_client(admin_user).post(
+        response = client_for(admin_user).post(
             "/admin/reviewapp/evaluation/add/",
             {"document_type": receipt_type.pk, "prompt_version": prompt.pk, "model_alias": "", "limit": ""},
         )
@@ -230,7 +216,7 @@ def test_admin_queues_an_evaluation_that_runs_in_the_background(
     evaluation = Evaluation.objects.get()
     assert evaluation.status == "done" and evaluation.created_by == admin_user
     assert evaluation.report["overall"]["n"] == 3
-    page = admin_client(admin_user).get(f"/admin/reviewapp/evaluation/{evaluation.pk}/change/")
+    page = client_for(admin_user).get(f"/admin/reviewapp/evaluation/{evaluation.pk}/change/")
     assert 'id="evaluation-report"' in page.content.decode()
 
 
@@ -255,7 +241,7 @@ def test_compare_view_flags_the_regressing_field(receipt_type: DocumentType, adm
     base = done_evaluation(v1, {"company": (9, 10), "total": (9, 10)})
     cand = done_evaluation(v2, {"company": (10, 10), "total": (8, 10)})
     body = (
-        admin_client(admin_user)
+        client_for(admin_user)
         .get(f"/admin/reviewapp/evaluation/compare/?baseline={base.pk}&candidate={cand.pk}")
         .content.decode()
     )
@@ -285,7 +271,7 @@ def test_threshold_curve_from_gold_renders_one_svg_point_per_threshold(
     points = ev.threshold_points(company_gold.document_type)["company"]
     assert sorted(points) == [(0.5, False), (0.6, True), (0.7, True), (0.8, True), (0.9, True)]
     url = f"/admin/reviewapp/documenttype/{company_gold.document_type_id}/change/?target=60&min=3"
-    body = admin_client(admin_user).get(url).content.decode()
+    body = client_for(admin_user).get(url).content.decode()
     row = body[body.index('data-field="company"') :]
     svg = row[row.index("<svg") : row.index("</svg>")]
     # Thresholds 0.0, 0.5, 0.6, 0.7, 0.8, 0.9 (review-all accepts nothing, so has no error rate).
@@ -297,7 +283,7 @@ def test_threshold_curve_from_gold_renders_one_svg_point_per_threshold(
 def test_applying_a_recommendation_changes_the_threshold_and_is_audited(
     company_gold: FieldSpec, admin_user: Any
 ) -> None:
-    c = admin_client(admin_user)
+    c = client_for(admin_user)
     url = f"/admin/reviewapp/documenttype/{company_gold.document_type_id}/thresholds/apply/"
     # 30 gold items needed by default: too few, the threshold stays.
     c.post(url, {"field_spec": company_gold.pk, "target": "60"})
@@ -322,7 +308,7 @@ def test_applying_a_recommendation_changes_the_threshold_and_is_audited(
 
 
 def test_a_threshold_typed_in_the_admin_is_audited_too(receipt_type: DocumentType, admin_user: Any) -> None:
-    c = admin_client(admin_user)
+    c = client_for(admin_user)
     url = f"/admin/reviewapp/documenttype/{receipt_type.pk}/change/"
     page = c.get(url)
     form = page.context["adminform"].form
@@ -374,7 +360,7 @@ def test_gate_blocks_a_regressing_version(
 def test_gate_lets_an_improving_version_through(
     versions: dict[str, PromptVersion], receipt_type: DocumentType, admin_user: Any
 ) -> None:
-    response = admin_client(admin_user).post(
+    response = client_for(admin_user).post(
         f"/admin/reviewapp/promptversion/{versions['v3'].pk}/promote/", {"promote": "1"}
     )
     assert response.status_code == 302
@@ -399,7 +385,7 @@ def test_gate_needs_an_evaluation_of_the_candidate(receipt_type: DocumentType, a
 def test_override_with_a_reason_is_audited(
     versions: dict[str, PromptVersion], receipt_type: DocumentType, admin_user: Any
 ) -> None:
-    c = admin_client(admin_user)
+    c = client_for(admin_user)
     url = f"/admin/reviewapp/promptversion/{versions['v2'].pk}/promote/"
     page = c.get(url).content.decode()
     assert "Gate: blocks" in page and 'data-field="total"' in page
@@ -418,7 +404,7 @@ def test_rollback_restores_the_previous_active_version(
     versions: dict[str, PromptVersion], receipt_type: DocumentType, admin_user: Any
 ) -> None:
     ev.prompt_promote(document_type=receipt_type, prompt_version=versions["v3"], user=admin_user)
-    response = admin_client(admin_user).post(
+    response = client_for(admin_user).post(
         f"/admin/reviewapp/documenttype/{receipt_type.pk}/rollback/", {"reason": "v3 misreads dates"}
     )
     assert response.status_code == 302
@@ -450,9 +436,7 @@ def test_ab_view_shows_both_arms_with_their_document_counts(
     assert arms["candidate"]["prompt_version"] == "receipt-extract v2"
     assert arms["candidate"]["correction_rate"] == 1.0 and arms["active"]["correction_rate"] is None
     assert arms["candidate"]["gold"] == 2 and arms["candidate"]["accuracy"] == 0.0
-    body = (
-        admin_client(admin_user).get(f"/admin/reviewapp/documenttype/{receipt_type.pk}/ab/").content.decode()
-    )
+    body = client_for(admin_user).get(f"/admin/reviewapp/documenttype/{receipt_type.pk}/ab/").content.decode()
     assert 'data-arm="active"' in body and 'data-arm="candidate"' in body
 
 
@@ -480,7 +464,7 @@ def test_drift_series_per_day_and_alert(drifting_company: DocumentType, admin_us
     assert sum(p["n"] for p in weekly) == 6
     alerts = ev.drift_alerts(drifting_company)
     assert [(a.field, a.correction_rate) for a in alerts] == [("company", 1.0)]
-    c = admin_client(admin_user)
+    c = client_for(admin_user)
     body = c.get(f"/admin/reviewapp/documenttype/{drifting_company.pk}/change/").content.decode()
     assert 'data-testid="drift-alerts"' in body and "receipt.company: correction rate 100.0%" in body
     assert (
@@ -504,14 +488,13 @@ def test_alerts_count_corrections_in_the_database_as_the_series_does(
 
 
 def test_queue_page_shows_the_drift_banner(drifting_company: DocumentType, reviewer: Any) -> None:
-    body = admin_client(reviewer).get("/").content.decode()
+    body = client_for(reviewer).get("/").content.decode()
     assert 'data-testid="drift-banner"' in body and "receipt.company" in body
 
 
 def test_beat_refreshes_the_drift_banner_so_requests_only_read_it(
     drifting_company: DocumentType, reviewer: Any, monkeypatch: Any, settings: Any
 ) -> None:
-    from django.core.cache import cache
 
     from reviewapp.evaluation import drift
 
@@ -522,13 +505,13 @@ def test_beat_refreshes_the_drift_banner_so_requests_only_read_it(
         raise AssertionError("a request computed the drift alerts")
 
     monkeypatch.setattr(drift, "drift_alerts", too_slow)
-    assert "receipt.company" in admin_client(reviewer).get("/").content.decode()
+    assert "receipt.company" in client_for(reviewer).get("/").content.decode()
     schedule = {e["task"]: e["schedule"] for e in settings.CELERY_BEAT_SCHEDULE.values()}
     assert schedule["reviewapp.evaluation.refresh_drift_alerts"] < drift.DRIFT_CACHE_SECONDS
 
 
 def test_no_drift_banner_without_drift(reviewed_receipt: Document, reviewer: Any) -> None:
-    assert 'data-testid="drift-banner"' not in admin_client(reviewer).get("/").content.decode()
+    assert 'data-testid="drift-banner"' not in client_for(reviewer).get("/").content.decode()
 
 
 def test_evaluations_and_gold_through_the_api(
@@ -571,7 +554,7 @@ def test_evaluations_and_gold_through_the_api(
 def test_a_few_shot_prompt_version_learns_from_corrections_but_never_sees_its_own_gold(
     reviewed_receipt: Document, receipt_type: DocumentType, admin_user: Any, make_document: Any
 ) -> None:
-    response = admin_client(admin_user).post(
+    response = client_for(admin_user).post(
         "/admin/reviewapp/promptversion/add/",
         {
             "document_type": receipt_type.pk,

@@ -20,20 +20,10 @@ from django.utils import timezone
 from reviewapp import selectors, services
 from reviewapp.models import DocumentType, FieldValue, Membership, Workspace
 from reviewapp.selectors import QueueFilters
+from tests.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 COUNTS_SQL = "SELECT (SELECT COUNT(*)"
-
-
-@pytest.fixture(autouse=True)
-def _empty_cache() -> None:
-    cache.clear()
-
-
-def client_for(user: Any) -> Client:
-    c = Client()
-    c.force_login(user)
-    return c
 
 
 def open_count(body: str) -> str:

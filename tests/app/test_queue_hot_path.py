@@ -16,14 +16,9 @@ from reviewapp import services
 from reviewapp.errors import StaleDecision
 from reviewapp.models import FieldValue, ReviewDecision
 from reviewapp.selectors import QueueFilters
+from tests.conftest import client_for
 
 pytestmark = pytest.mark.django_db
-
-
-def client_for(user: Any) -> Client:
-    c = Client()
-    c.force_login(user)
-    return c
 
 
 def held_by(user: Any) -> list[FieldValue]:

@@ -12,14 +12,9 @@ from django.test.utils import CaptureQueriesContext
 from reviewapp import services
 from reviewapp.models import FieldValue, ReviewDecision
 from reviewapp.selectors import QueueFilters
+from tests.conftest import client_for
 
 pytestmark = pytest.mark.django_db
-
-
-def client_for(user: Any, *, csrf: bool = False) -> Client:
-    c = Client(enforce_csrf_checks=csrf)
-    c.force_login(user)
-    return c
 
 
 def open_field(doc: Any) -> FieldValue:
