@@ -18,6 +18,9 @@ model field's `get_db_prep_save`, so they are stored exactly as the ORM would st
   documents' UPDATE, and the INSERTs of the runs, their calls and their fields), which in autocommit mode
   is also its own transaction: one round trip per batch instead of eight. Each run's task still returns,
   and acks its message, only after the statement holding its results has committed.
+- **Claims are group-committed too** (`claims`, `claim_many`): a batch of results wakes its tasks at once,
+  their slots take new messages together, and those claims share one `UPDATE … FROM unnest(…)` with the
+  same rule as a lone claim. Only a batch's leader touches the database.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.db.models import Model
 from django.utils import timezone
@@ -191,17 +195,21 @@ def claim(document_id: int, token: str, *, now: Any, stale_before: Any) -> Docum
     the run needs of its workspace.
     """
     conn = connections[DEFAULT_DB_ALIAS]
-    sql, attnames, converters = _claim_plan(conn.alias, conn.vendor)
+    sql = _claim_plan(conn.alias, conn.vendor)[0]
     stamp = conn.ops.adapt_datetimefield_value(now)
     params = [Status.EXTRACTING, token, stamp, stamp, document_id, Status.QUEUED, Status.EXTRACTING, token,
               conn.ops.adapt_datetimefield_value(stale_before)]  # fmt: skip
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    if row is None:
-        return None
+    return None if row is None else _claimed_document(conn, row)
+
+
+def _claimed_document(conn: Any, row: Sequence[Any]) -> Document:
+    """The Document of a claim's returned row, with its (cached) type and the workspace columns it needs."""
+    _, attnames, converters = _claim_plan(conn.alias, conn.vendor)
     values = list(row[: len(attnames)])
-    type_version, ws_slug, ws_redact_pii = row[len(attnames) :]
+    type_version, ws_slug, ws_redact_pii = row[len(attnames) : len(attnames) + 3]
     for i, functions in converters:
         for convert in functions:
             values[i] = convert(values[i], Document._meta.concrete_fields[i].cached_col, conn)
@@ -211,6 +219,61 @@ def claim(document_id: int, token: str, *, now: Any, stale_before: Any) -> Docum
         conn.alias, ["id", "slug", "redact_pii"], [document.workspace_id, ws_slug, bool(ws_redact_pii)]
     )
     return document
+
+
+@functools.cache
+def _claim_many_sql() -> str:
+    """claim_many's statement (PostgreSQL): claim's conditional UPDATE for a list of (id, token) pairs,
+    locking the documents it takes in id order first, as the results statement does (no deadlock between
+    a process claiming and one storing results)."""
+    sql, _, _ = _claim_plan(DEFAULT_DB_ALIAS, "postgresql")
+    d = _t(Document)
+    returned = sql[sql.index(" RETURNING ") :]
+    return (
+        f"WITH asked AS (SELECT * FROM unnest(%s::bigint[], %s::text[]) AS a(id, token)), "
+        f"ours AS (SELECT {d}.id, asked.token FROM {d} JOIN asked ON asked.id = {d}.id "
+        f"WHERE {d}.status = %s OR ({d}.status = %s AND ({d}.claim_token = asked.token "
+        f"OR {d}.claimed_at < %s)) ORDER BY {d}.id FOR UPDATE OF {d}) "
+        f"UPDATE {d} SET status = %s, claim_token = ours.token, claimed_at = %s, "
+        f"deliveries = {d}.deliveries + 1, updated_at = %s FROM ours WHERE {d}.id = ours.id{returned}"
+    )
+
+
+def claim_many(requests: Sequence[tuple[int, str]], *, now: Any, stale_before: Any) -> list[Document | None]:
+    """claim() for many (document id, token) pairs at once; on PostgreSQL in one statement.
+
+    Of two requests for one document in the same batch (a redelivery meeting the first delivery) only the
+    first can claim it; the other is refused, as it would be if it came second.
+    """
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "postgresql" or len(requests) == 1:
+        return [claim(i, t, now=now, stale_before=stale_before) for i, t in requests]
+    first: dict[int, str] = {}
+    for doc_id, token in requests:
+        first.setdefault(doc_id, token)
+    stamp = conn.ops.adapt_datetimefield_value(now)
+    params = [list(first), list(first.values()), Status.QUEUED, Status.EXTRACTING,
+              conn.ops.adapt_datetimefield_value(stale_before), Status.EXTRACTING, stamp, stamp]  # fmt: skip
+    with conn.cursor() as cursor:
+        cursor.execute(_claim_many_sql(), params)
+        rows = cursor.fetchall()
+    claimed = {row[0]: _claimed_document(conn, row) for row in rows}  # the first column is the id
+    out: list[Document | None] = []
+    for doc_id, token in requests:
+        document = claimed.get(doc_id)
+        if document is not None and document.claim_token == token and first.get(doc_id) == token:
+            first.pop(doc_id)  # a second request with the same token gets None
+            out.append(document)
+        else:
+            out.append(None)
+    return out
+
+
+def _claims_batch(requests: list[tuple[int, str]]) -> list[Document | None]:
+    now = timezone.now()
+    return claim_many(
+        requests, now=now, stale_before=now - timedelta(seconds=settings.REVIEWAPP_STUCK_AFTER_SECONDS)
+    )
 
 
 # --- the run and its calls ------------------------------------------------------------------------------
@@ -287,9 +350,6 @@ class Finished:
     calls: Any  # services.CallLog: its pending rows go in with the results
     events: tuple[str, ...]
     outcome: str = ""
-    error: BaseException | None = None
-    lead: bool = False
-    wake: threading.Event = field(default_factory=threading.Event)
 
 
 def write_results(items: Sequence[Finished], now: Any) -> None:
@@ -449,51 +509,66 @@ def _write_in_one_statement(items: Sequence[Finished], now: Any) -> list[tuple[i
         return cursor.fetchall()  # (run id, still ours, the workspace has webhooks) per item, in order
 
 
-class ResultWriter:
-    """Group commit: the first run to finish leads, waits `window` seconds, and writes the results of every
-    run that finished meanwhile in one transaction; runs finishing during that write form the next batch,
-    led by the first of them. Every run waits until its own batch has committed, so a task never acks
-    results that are not stored; a failed batch raises its error in every run of it.
+class _Waiter:
+    __slots__ = ("error", "item", "lead", "result", "wake")
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.lead = False
+        self.wake = threading.Event()
+
+
+class GroupCommit:
+    """Callers of one process that reach the same statement at about the same time share it.
+
+    The first to arrive leads: it waits `window` seconds and runs `write` once for every item submitted
+    meanwhile (at most `max_batch`); items submitted during that write form the next batch, led by the
+    first of them. Every caller waits until its own batch is done and gets its own result back, so a task
+    never goes on (or acks) before its statement has committed; a failed batch raises its error in every
+    caller of it. Followers never touch the database: only the leader's connection is used.
     """
 
-    MAX_BATCH = 50
-
-    def __init__(self) -> None:
+    def __init__(self, write: Callable[[list[Any]], Sequence[Any]], *, max_batch: int) -> None:
+        self._write = write
+        self.max_batch = max_batch
         self._lock = threading.Lock()
-        self._queue: list[Finished] = []
+        self._queue: list[_Waiter] = []
         self._leading = False
 
-    def submit(self, item: Finished, *, window: float) -> str:
+    def submit(self, item: Any, *, window: float) -> Any:
         if window <= 0 or connection.in_atomic_block:
-            # No batching asked for, or the caller's own transaction must hold the results (tests, eager
-            # tasks): write on this thread, now.
-            write_results([item], timezone.now())
-            return item.outcome
+            # No batching asked for, or the caller's own transaction must hold the statement (tests, eager
+            # tasks): run it on this thread, now.
+            return self._write([item])[0]
+        me = _Waiter(item)
         with self._lock:
-            self._queue.append(item)
+            self._queue.append(me)
             elected = not self._leading
             if elected:
-                self._leading = item.lead = True
+                self._leading = me.lead = True
         if not elected:
-            item.wake.wait()  # our batch was written, or the previous leader handed us the lead
-        if item.lead:
-            # Our item heads the queue, so it is in the batch we write. Only a newly elected leader
-            # waits: a successor's batch gathered while the previous one was being written.
+            me.wake.wait()  # our batch is done, or the previous leader handed us the lead
+        if me.lead:
+            # We head the queue, so we are in the batch we run. Only a newly elected leader waits: a
+            # successor's batch gathered while the previous one was being written.
             self._lead(window if elected else 0.0)
-        if item.error is not None:
-            raise item.error
-        return item.outcome
+        if me.error is not None:
+            raise me.error
+        return me.result
 
     def _lead(self, window: float) -> None:
         if window > 0:
-            time.sleep(window)  # let the runs finishing now join this transaction
+            time.sleep(window)  # let the callers arriving now join this batch
         with self._lock:
-            batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH :]
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
         try:
-            write_results(batch, timezone.now())
+            for w, result in zip(batch, self._write([w.item for w in batch]), strict=True):
+                w.result = result
         except BaseException as exc:
-            for it in batch:
-                it.error = exc
+            for w in batch:
+                w.error = exc
         finally:
             with self._lock:
                 successor = self._queue[0] if self._queue else None
@@ -501,11 +576,18 @@ class ResultWriter:
                     self._leading = False
                 else:
                     successor.lead = True
-            for it in batch:
-                if it is not successor:
-                    it.wake.set()
+            for w in batch:
+                if w is not successor:
+                    w.wake.set()
             if successor is not None:
                 successor.wake.set()
 
 
-results = ResultWriter()
+def _results_batch(items: list[Finished]) -> list[str]:
+    write_results(items, timezone.now())
+    return [it.outcome for it in items]
+
+
+# Group commit of results (services._store_result) and of claims (services._claim).
+results = GroupCommit(_results_batch, max_batch=50)
+claims = GroupCommit(_claims_batch, max_batch=64)

@@ -153,9 +153,9 @@ def _claim(document_id: int, token: str) -> Document | None:
     claim older than the stuck timeout is up for grabs. The document comes back with everything the run
     reads (type, fields, active prompt, workspace), so the run itself makes no further reads.
     """
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.REVIEWAPP_STUCK_AFTER_SECONDS)
-    return runstore.claim(document_id, token, now=now, stale_before=stale)
+    # Claims arriving together in this process (a batch of results wakes its tasks at once, and the slots
+    # they free take new ones) share one statement: runstore.claims.
+    return runstore.claims.submit((document_id, token), window=settings.REVIEWAPP_CLAIM_BATCH_MS / 1000)
 
 
 def _call_row(run: ExtractionRun, pii: bool, record: CallRecord) -> tuple[Any, ...]:

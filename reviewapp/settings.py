@@ -272,6 +272,8 @@ REVIEWAPP_MAX_DELIVERIES = env_int("REVIEWAPP_MAX_DELIVERIES", 3)
 # Group commit (reviewapp/runstore.py): a finished run waits this long for others of its worker process to
 # store all their results in one transaction. 0 writes each run's results on its own.
 REVIEWAPP_RESULT_BATCH_MS = env_int("REVIEWAPP_RESULT_BATCH_MS", 25)
+# The same for claims: a task's claim waits this long for others of its process to share its statement.
+REVIEWAPP_CLAIM_BATCH_MS = env_int("REVIEWAPP_CLAIM_BATCH_MS", 5)
 # Evaluations: one running this long with no progress (no gold document finished) lost its worker; the
 # watchdog re-queues it, or fails it once this many deliveries of its job have claimed it.
 REVIEWAPP_EVALUATION_STUCK_AFTER_SECONDS = env_int("REVIEWAPP_EVALUATION_STUCK_AFTER_SECONDS", 1800)

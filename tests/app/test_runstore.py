@@ -131,10 +131,11 @@ def test_a_failed_batch_fails_every_run_in_it_visibly_and_keeps_their_calls(
 
 
 def test_two_deliveries_of_one_document_in_one_batch_store_only_the_later_claim(
-    workspace: Any, receipt_type: Any, batches: list[list[int]]
+    workspace: Any, receipt_type: Any, batches: list[list[int]], settings: Any
 ) -> None:
     """A redelivery of the same task (same token) takes the claim over: the claim count tells the two runs'
     results apart even when both land in the same statement."""
+    settings.REVIEWAPP_CLAIM_BATCH_MS = 0  # both claims succeed, one after the other (no shared claim)
     (doc_id,) = _queued(workspace, receipt_type, 1)
     claimed: dict[int, int] = {}  # thread -> the claim count its delivery saw
     real_claim = services._claim
@@ -195,3 +196,106 @@ def test_a_run_stored_early_by_a_failed_call_is_finished_in_place(
         assert FieldValue.objects.filter(run=run).count() == receipt_type.fields.count()
     assert LLMCall.objects.filter(document_id=ids[0], error_class="Timeout", run__isnull=False).count() == 1
     assert any(ids[0] in b and len(b) > 1 for b in batches), batches
+
+
+# --- claims, group-committed ----------------------------------------------------------------------------
+@pytest.fixture
+def claim_batches(monkeypatch: Any, settings: Any) -> list[list[tuple[int, str]]]:
+    """Record the requests of each claim statement; a wide window so that the claims meet."""
+    settings.REVIEWAPP_CLAIM_BATCH_MS = 1000
+    seen: list[list[tuple[int, str]]] = []
+    real = runstore.claim_many
+
+    def spy(requests: Any, **kwargs: Any) -> Any:
+        seen.append(list(requests))
+        return real(requests, **kwargs)
+
+    monkeypatch.setattr(runstore, "claim_many", spy)
+    return seen
+
+
+def test_claims_arriving_together_share_one_statement(
+    workspace: Any, receipt_type: Any, claim_batches: list[Any]
+) -> None:
+    ids = _queued(workspace, receipt_type, 4)
+    got = _run_together(lambda i: services._claim(i, f"t{i}"), ids)
+    assert len(claim_batches) == 1 and sorted(claim_batches[0]) == sorted((i, f"t{i}") for i in ids)
+    for i in ids:
+        document = got[i]
+        assert document.pk == i and document.claim_token == f"t{i}" and document.deliveries == 1
+        assert document.document_type.fields.count() == receipt_type.fields.count()  # loaded with its type
+        assert document.workspace.slug == workspace.slug
+    stored = Document.objects.filter(pk__in=ids)
+    assert {(d.status, d.deliveries) for d in stored} == {("extracting", 1)}
+    assert {d.pk: d.claim_token for d in stored} == {i: f"t{i}" for i in ids}
+
+
+def test_two_deliveries_of_one_task_in_one_claim_batch_run_once(
+    workspace: Any, receipt_type: Any, claim_batches: list[Any]
+) -> None:
+    """A redelivery meeting the first delivery in the same claim statement is refused, as if it came second
+    while the first ran: one run, one 'skipped', the message acked by both."""
+    (doc_id,) = _queued(workspace, receipt_type, 1)
+    outcomes = _run_together(lambda i: services.extraction_execute(document_id=doc_id, token="same"), [0, 1])
+    assert sorted(outcomes.values()) == sorted(["skipped", Document.objects.get(pk=doc_id).status])
+    doc = Document.objects.get(pk=doc_id)
+    assert doc.deliveries == 1 and doc.status in ("needs_review", "auto_accepted")
+    assert [r.status for r in doc.runs.all()] == ["succeeded"]
+    assert claim_batches == [[(doc_id, "same"), (doc_id, "same")]]
+
+
+def test_one_claim_statement_decides_like_a_claim_each(workspace: Any, receipt_type: Any) -> None:
+    """claim_many's statement applies claim()'s rule to each document: queued is taken, one extracting
+    under the same token is taken back, under another token only once stale, a terminal one never."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    stale = now - timedelta(minutes=30)
+    ids = _queued(workspace, receipt_type, 6)
+    setups = [  # (status, claim_token, claimed_at) before; then who asks
+        ("queued", "", None, "a"),
+        ("extracting", "b", now - timedelta(minutes=1), "b"),  # its own redelivery
+        ("extracting", "x", now - timedelta(minutes=1), "c"),  # someone else's, fresh
+        ("extracting", "x", now - timedelta(hours=1), "d"),  # someone else's, stale
+        ("needs_review", "x", now - timedelta(hours=1), "e"),  # done
+        ("failed", "", None, "f"),
+    ]
+
+    def reset() -> None:
+        for i, (status, token, at, _) in zip(ids, setups, strict=True):
+            Document.objects.filter(pk=i).update(
+                status=status, claim_token=token, claimed_at=at, deliveries=1
+            )
+
+    reset()
+    one_by_one = [
+        runstore.claim(i, s[3], now=now, stale_before=stale) for i, s in zip(ids, setups, strict=True)
+    ]
+    after_each = list(
+        Document.objects.filter(pk__in=ids).order_by("pk").values_list("status", "claim_token", "deliveries")
+    )
+    reset()
+    with connection.execute_wrapper(_count_statements := _Counter()):
+        together = runstore.claim_many(
+            [(i, s[3]) for i, s in zip(ids, setups, strict=True)], now=now, stale_before=stale
+        )
+    after_all = list(
+        Document.objects.filter(pk__in=ids).order_by("pk").values_list("status", "claim_token", "deliveries")
+    )
+    assert [d is not None for d in one_by_one] == [True, True, False, True, False, False]
+    assert [d and (d.pk, d.claim_token, d.deliveries) for d in together] == [
+        d and (d.pk, d.claim_token, d.deliveries) for d in one_by_one
+    ]
+    assert after_all == after_each
+    assert _count_statements.n == 1
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.n += 1
+        return execute(sql, params, many, context)
