@@ -327,6 +327,7 @@ def replay(plan_path: Path, base_url: str, documents: list[int], threads: int, w
     """
     import yaml
 
+    from extraction import heap
     from extraction.config import load_config
     from extraction.gateway import Gateway, Trace
 
@@ -338,6 +339,13 @@ def replay(plan_path: Path, base_url: str, documents: list[int], threads: int, w
     os.unlink(f.name)
     gateway = Gateway(config)
     samples = plan["samples"]
+    # The workers' garbage-collector settings (reviewapp/celery.py), so that the bound is not lowered by
+    # the defaults the workers no longer run with.
+    threshold = int(os.environ.get("WORKER_GC_THRESHOLD", heap.DEFAULT_THRESHOLD0))
+    if threshold >= 0:
+        import litellm  # noqa: F401
+
+        heap.settle(threshold)
     latencies: list[int] = []
     errors: list[str] = []
 

@@ -7,6 +7,7 @@ service's conditional claim makes the redelivery take over instead of running a 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from celery import shared_task
@@ -22,6 +23,7 @@ def extract_document(self, document_id: int) -> str:
     from reviewapp import services
 
     token = self.request.id or f"inline-{document_id}"
+    started = time.monotonic()
     try:
         outcome = services.extraction_execute(document_id=document_id, token=token)
     except (OperationalError, InterfaceError) as exc:
@@ -49,7 +51,7 @@ def extract_document(self, document_id: int) -> str:
             message=f"{type(exc).__name__}: {exc}",
         )
         raise
-    log.info("document %s: %s", document_id, outcome)
+    log.info("document %s: %s (task %s, %.2f s)", document_id, outcome, token, time.monotonic() - started)
     return outcome
 
 

@@ -5,15 +5,19 @@ Broker and behaviour come from Django settings (namespace CELERY_). Tasks live i
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import task_postrun, task_prerun, worker_init
 
+from extraction import heap
 from extraction.greenlets import asyncio_is_greenlet_safe
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reviewapp.settings")
+
+log = logging.getLogger(__name__)
 
 app = Celery("reviewapp")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -82,3 +86,24 @@ def _close_old_connections(task: Any = None, **kwargs: Any) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@worker_init.connect
+def _settle_heap(**kwargs: Any) -> None:
+    """Once the worker has imported what a task runs, hide that heap from the cyclic garbage collector
+    (extraction/heap.py). In a prefork worker this runs in the parent, before the children fork."""
+    from django.conf import settings
+
+    if settings.WORKER_GC_THRESHOLD < 0:
+        return
+    import litellm  # noqa: F401  (imported lazily otherwise: by the first task)
+
+    from extraction import pipeline  # noqa: F401
+    from reviewapp import runstore, services  # noqa: F401
+
+    frozen = heap.settle(settings.WORKER_GC_THRESHOLD)
+    log.info(
+        "garbage collector: %d start-up objects frozen, young threshold %d",
+        frozen,
+        settings.WORKER_GC_THRESHOLD,
+    )

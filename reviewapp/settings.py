@@ -15,6 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from extraction.greenlets import gevent_patched
+from extraction.heap import DEFAULT_THRESHOLD0 as DEFAULT_GC_THRESHOLD0
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -241,6 +242,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_throttle": 1,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT = "reviewapp.broker:Transport"  # kombu's, keeping its redis client (broker.py)
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE") or "reviewapp"
 # Celery's Django fixup closes the database connection before and after every task unless this is set, so
 # DB_CONN_MAX_AGE would do nothing in workers: a new PostgreSQL session per document. With it set,
@@ -274,6 +277,9 @@ REVIEWAPP_MAX_DELIVERIES = env_int("REVIEWAPP_MAX_DELIVERIES", 3)
 REVIEWAPP_RESULT_BATCH_MS = env_int("REVIEWAPP_RESULT_BATCH_MS", 25)
 # The same for claims: a task's claim waits this long for others of its process to share its statement.
 REVIEWAPP_CLAIM_BATCH_MS = env_int("REVIEWAPP_CLAIM_BATCH_MS", 5)
+# Workers freeze their start-up heap and collect young garbage every this many allocations (extraction/heap.py);
+# 0 freezes but keeps CPython's threshold, -1 leaves the garbage collector alone.
+WORKER_GC_THRESHOLD = env_int("WORKER_GC_THRESHOLD", DEFAULT_GC_THRESHOLD0)
 # Evaluations: one running this long with no progress (no gold document finished) lost its worker; the
 # watchdog re-queues it, or fails it once this many deliveries of its job have claimed it.
 REVIEWAPP_EVALUATION_STUCK_AFTER_SECONDS = env_int("REVIEWAPP_EVALUATION_STUCK_AFTER_SECONDS", 1800)
@@ -347,5 +353,13 @@ LOGGING = {
         "LiteLLM": {"level": "WARNING"},
         "LiteLLM Router": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
+        # Celery logs two INFO lines per task ("received", "succeeded"); extraction.tasks logs one per document
+        # with its id, outcome, task id and time, which is what an operator searches for. LOG_CELERY_TASKS=1
+        # keeps Celery's as well.
+        **(
+            {}
+            if env_bool("LOG_CELERY_TASKS", False)
+            else {"celery.app.trace": {"level": "WARNING"}, "celery.worker.strategy": {"level": "WARNING"}}
+        ),
     },
 }

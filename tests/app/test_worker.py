@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,7 +108,12 @@ def test_a_real_worker_process_extracts_queued_documents(
         proc.terminate()
         out = proc.communicate(timeout=30)[0].decode(errors="replace")
         celery_app.conf.task_default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    assert "extraction.tasks.extract_document" in out
+    assert "extraction.tasks.extract_document" in out  # registered
+    assert re.search(r"garbage collector: \d{5,} start-up objects frozen", out)  # reviewapp/celery.py
+    # One log line per document, with what Celery's two per-task lines said (they are off: settings.LOGGING).
+    for d in docs:
+        assert f"document {d.pk}: {d.status} (task {d.runs.get().task_id}, " in out
+    assert "] received" not in out and "succeeded in" not in out
 
 
 def slow_model_queue(llm: Any, tmp_path: Path, *, delay: float) -> tuple[str, dict[str, str]]:
