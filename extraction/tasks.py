@@ -59,7 +59,10 @@ def extract_document(self, document_id: int) -> str:
 def requeue_stuck_documents() -> dict[str, int]:
     from reviewapp import services
 
-    return services.requeue_stuck(older_than=timedelta(seconds=settings.REVIEWAPP_STUCK_AFTER_SECONDS))
+    result = services.requeue_stuck(older_than=timedelta(seconds=settings.REVIEWAPP_STUCK_AFTER_SECONDS))
+    if any(result.values()):  # Celery's per-task lines are off (settings.LOGGING): say what the watchdog did
+        log.info("watchdog: stuck documents %s", result)
+    return result
 
 
 @shared_task(name="extraction.tasks.purge_idempotency_records")

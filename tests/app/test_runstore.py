@@ -131,7 +131,7 @@ def test_a_failed_batch_fails_every_run_in_it_visibly_and_keeps_their_calls(
 
 
 def test_two_deliveries_of_one_document_in_one_batch_store_only_the_later_claim(
-    workspace: Any, receipt_type: Any, batches: list[list[int]], settings: Any
+    workspace: Any, receipt_type: Any, batches: list[list[int]], settings: Any, monkeypatch: Any
 ) -> None:
     """A redelivery of the same task (same token) takes the claim over: the claim count tells the two runs'
     results apart even when both land in the same statement."""
@@ -139,16 +139,20 @@ def test_two_deliveries_of_one_document_in_one_batch_store_only_the_later_claim(
     (doc_id,) = _queued(workspace, receipt_type, 1)
     claimed: dict[int, int] = {}  # thread -> the claim count its delivery saw
     real_claim = services._claim
+    me = threading.local()
+
+    def claim(*args: Any) -> Any:
+        document = real_claim(*args)
+        claimed[me.i] = document.deliveries
+        return document
+
+    # Patched once for both threads (a patch per thread would restore the other thread's wrapper, not the real
+    # function, and leak it into later tests).
+    monkeypatch.setattr(services, "_claim", claim)
 
     def delivery(i: int) -> str:
-        def claim(*args: Any) -> Any:
-            document = real_claim(*args)
-            claimed[i] = document.deliveries
-            return document
-
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(services, "_claim", claim)
-            return services.extraction_execute(document_id=doc_id, token="same-task")
+        me.i = i
+        return services.extraction_execute(document_id=doc_id, token="same-task")
 
     outcomes = _run_together(delivery, [0, 1])
     doc = Document.objects.get(pk=doc_id)
@@ -237,7 +241,8 @@ def test_two_deliveries_of_one_task_in_one_claim_batch_run_once(
     while the first ran: one run, one 'skipped', the message acked by both."""
     (doc_id,) = _queued(workspace, receipt_type, 1)
     outcomes = _run_together(lambda i: services.extraction_execute(document_id=doc_id, token="same"), [0, 1])
-    assert sorted(outcomes.values()) == sorted(["skipped", Document.objects.get(pk=doc_id).status])
+    status = Document.objects.get(pk=doc_id).status
+    assert sorted(map(str, outcomes.values())) == sorted(["skipped", str(status)]), outcomes
     doc = Document.objects.get(pk=doc_id)
     assert doc.deliveries == 1 and doc.status in ("needs_review", "auto_accepted")
     assert [r.status for r in doc.runs.all()] == ["succeeded"]
