@@ -52,7 +52,16 @@ from .models import (
     ReviewDecision,
     Workspace,
 )
-from .selectors import queue_counts_decided, workspace_ids
+from .selectors import (
+    _bind,
+    _run,
+    _run_models,
+    _StandIns,
+    claimed_field,
+    held_field,
+    queue_counts_decided,
+    workspace_ids,
+)
 
 log = logging.getLogger(__name__)
 Status = Document.Status
@@ -555,8 +564,14 @@ def llm_calls_purge(*, older_than: timedelta, batch: int = 5000) -> int:
 Action = ReviewDecision.Action
 
 
+def _open_of_run(run_id: Any) -> Any:
+    return FieldValue.objects.filter(run_id=run_id, status=FieldValue.Status.NEEDS_REVIEW).values_list("pk")[
+        :1
+    ]
+
+
 def _close_document_if_done(document_id: int, run_id: int) -> None:
-    if FieldValue.objects.filter(run_id=run_id, status=FieldValue.Status.NEEDS_REVIEW).exists():
+    if _run(_open_of_run, run_id):  # any field of the run left to review? (compiled once: selectors._run)
         return
     if Document.objects.filter(pk=document_id, status=Status.NEEDS_REVIEW).update(
         status=Status.REVIEWED, updated_at=timezone.now()
@@ -573,6 +588,17 @@ def _current_run_id() -> Any:
 
     return Subquery(
         ExtractionRun.objects.filter(document_id=OuterRef("document_id")).current().values("pk")[:1]
+    )
+
+
+def _locked_field(si: Any, n_ids: int) -> Any:
+    """The decision's read: the field, if in one of the user's workspaces, locked (not its spec), with its spec
+    and its document's current run id. Compiled once per number of workspaces (selectors._run_models)."""
+    return (
+        FieldValue.objects.select_for_update(of=("self",))
+        .select_related("field_spec")
+        .annotate(current_run_id=_current_run_id())
+        .filter(pk=si.int("pk"), workspace_id__in=[si.int(f"ws{i}") for i in range(n_ids)])
     )
 
 
@@ -601,15 +627,13 @@ def _decide(
     the decision adjusts besides the unfiltered one (selectors.queue_counts_decided)."""
     if action not in Action.values:
         raise InvalidCorrection(f"unknown action {action!r}", code="invalid_action")
-    try:
-        fv = (
-            FieldValue.objects.select_for_update(of=("self",))
-            .select_related("field_spec")
-            .annotate(current_run_id=_current_run_id())
-            .get(pk=field_id, workspace_id__in=workspace_ids(user))
-        )
-    except FieldValue.DoesNotExist:
-        raise NotFound("No such field.") from None
+    ids = list(dict.fromkeys(workspace_ids(user)))
+    locked = _run_models(
+        _locked_field, (len(ids),), {"pk": field_id, **{f"ws{i}": w for i, w in enumerate(ids)}}
+    )
+    if not locked:
+        raise NotFound("No such field.")
+    (fv,) = locked
     if version is not None and fv.version != version:
         who = f" by {fv.reviewer}" if fv.reviewer_id else ""
         raise StaleDecision(
@@ -619,7 +643,6 @@ def _decide(
         raise StaleDecision("Another reviewer is working on this field.", code="claimed")
     if fv.current_run_id != fv.run_id:  # the current run is a succeeded one by definition
         raise AlreadyDecided("This value belongs to an older extraction of the document.")
-    spec = fv.field_spec.to_data()
     before_status, before_value = (
         fv.status,
         fv.final_value if fv.status in FieldValue.DECIDED else fv.value,
@@ -629,6 +652,7 @@ def _decide(
     elif action == Action.REJECT:
         fv.status, fv.final_value = FieldValue.Status.REJECTED, None
     else:
+        spec = fv.field_spec.to_data()
         try:
             corrected = normalize(spec, value)
         except InvalidValue as exc:
@@ -689,25 +713,51 @@ def fields_bulk_accept(*, user: Any, versions: dict[int, int]) -> tuple[int, lis
     return accepted, refused
 
 
-CLAIM_RELATED = ("document__document_type", "field_spec")
-# The claimed field is shown, not edited (a decision reads the row again, locked): only the columns the queue
-# shows are read, 30 of the 4 tables' 69. The ORM spends Python on every column it selects and loads.
-CLAIM_ONLY = (
-    *("status", "value", "confidence", "reasoning", "problem", "audit_sample", "version"),
-    *("evidence_start", "evidence_end", "claimed_by", "claim_expires_at"),
-    *("document__filename", "document__text", "document__document_type__name"),
-    *("field_spec__name", "field_spec__type", "field_spec__description", "field_spec__required"),
-    *("field_spec__threshold", "field_spec__choices"),
-)
+@functools.cache
+def _claim_statement(vendor: str) -> tuple[str, tuple[tuple[str | None, Any], ...]] | None:
+    """The claim's conditional UPDATE (_claim_update) compiled once; None where a stand-in does not come through
+    (SQLite adapts datetimes to strings)."""
+    si = _StandIns()
+    sql, slots = si.compile_update(
+        _claimable(si.int("pk"), si.int("user"), si.datetime("now")),
+        claimed_by=si.int("user"),
+        claim_expires_at=si.datetime("expires"),
+    )
+    return (sql, slots) if {n for n, _ in slots} - {None} == set(si.names.values()) else None
 
 
-def _claimed() -> Any:
-    """The claimed field as the queue shows it: with its document, document type and spec, in one query."""
-    return FieldValue.objects.select_related(*CLAIM_RELATED).only(*CLAIM_ONLY)
+def _claimable(pk: Any, user_id: Any, now: Any) -> Any:
+    """The open field `pk` if nobody else holds a live lease on it."""
+    free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user_id)
+    return FieldValue.objects.filter(Q(pk=pk) & Q(status=FieldValue.Status.NEEDS_REVIEW) & free)
+
+
+def _claim_update(pk: int, user_id: Any, now: Any, expires: Any) -> int:
+    """Take the lease of the open field `pk` unless another reviewer holds a live one; return the rows changed.
+    The ORM's UPDATE, compiled once (_claim_statement): building it cost more Python than running it."""
+    from django.db import connection
+
+    statement = _claim_statement(connection.vendor)
+    if statement is None:
+        return _lease_update(_claimable(pk, user_id, now), claimed_by=user_id, claim_expires_at=expires)
+    sql, slots = statement
+    params = _bind(slots, {"pk": pk, "user": user_id, "now": now, "expires": expires})
+
+    def run() -> int:
+        with connection.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
+
+    return _lease_write(run)
 
 
 def _lease_update(queryset: Any, **values: Any) -> int:
-    """UPDATE a review lease (claimed_by, claim_expires_at) and return the rows changed.
+    """`queryset.update(**values)` of review leases (_lease_write)."""
+    return _lease_write(lambda: queryset.update(**values))
+
+
+def _lease_write(run: Any) -> int:
+    """Run `run`, an UPDATE of review leases (claimed_by, claim_expires_at), and return the rows it changed.
 
     A lease is not worth a WAL flush: one lost in a database crash only lets the field be claimed again, and
     decisions still check the row's version. So on PostgreSQL, outside a transaction, it commits with
@@ -717,10 +767,10 @@ def _lease_update(queryset: Any, **values: Any) -> int:
     from django.db import connection
 
     if connection.in_atomic_block or connection.vendor != "postgresql":
-        return queryset.update(**values)
+        return run()
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute("SET LOCAL synchronous_commit TO OFF")
-        return queryset.update(**values)
+        return run()
 
 
 LEASE_REFRESH_SECONDS = 60  # a held lease is extended only once it has less than lease - 60 s left
@@ -743,13 +793,12 @@ def queue_claim_next(
     `likely_held` only picks the cheaper plan: the held field with its related rows in one query (a page
     reload), or the held field and the candidates in one query (after a decision, which ends the lease).
     """
-    from .selectors import claim_candidates, open_fields, queue_order
+    from .selectors import claim_candidates, open_fields
 
     now = timezone.now()
     expires = now + timedelta(seconds=lease_seconds)
-    order = queue_order(filters)
-    free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
-    if prefer is not None or likely_held:
+    if prefer is not None:
+        free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
         open_ = open_fields(user, filters)
         if skip:
             open_ = open_.exclude(pk__in=skip)
@@ -759,11 +808,10 @@ def queue_claim_next(
         claimed_by=user,
         claim_expires_at=expires,
     ):
-        return _claimed().get(pk=prefer)
+        return claimed_field(prefer)
     if likely_held:
         # The held item is rendered with its document, type and field spec: fetch them in the same query.
-        held = open_.filter(claimed_by=user, claim_expires_at__gte=now)
-        mine = held.select_related(*CLAIM_RELATED).only(*CLAIM_ONLY).order_by(*order).first()
+        mine = held_field(user, filters, now=now, skip=skip)
         if mine is not None:
             _lease_extend(mine, expires, lease_seconds)
             return mine
@@ -771,16 +819,11 @@ def queue_claim_next(
     candidates = claim_candidates(user, filters, now=now, skip=skip, held=not likely_held)
     for candidate_id, is_held, *_ in candidates:
         if is_held:
-            mine = _claimed().get(pk=candidate_id)
+            mine = claimed_field(candidate_id)
             _lease_extend(mine, expires, lease_seconds)
             return mine
-        won = _lease_update(
-            FieldValue.objects.filter(Q(pk=candidate_id) & Q(status=FieldValue.Status.NEEDS_REVIEW) & free),
-            claimed_by=user,
-            claim_expires_at=expires,
-        )
-        if won:
-            return _claimed().get(pk=candidate_id)
+        if _claim_update(candidate_id, user.pk, now, expires):
+            return claimed_field(candidate_id)
     return None
 
 

@@ -234,3 +234,132 @@ def test_redis_incr_counts_only_an_existing_key_and_keeps_its_expiry(redis_cache
     key = redis_cache.make_key("n")
     assert 0 < redis_cache._cache.get_client().ttl(key) <= 30
     redis_cache.delete("n")
+
+
+def snapshot(obj: Any) -> Any:
+    """What a model instance holds: its loaded attributes (and annotations), deferred fields, cached related rows."""
+    if obj is None:
+        return None
+    attrs = {k: v for k, v in obj.__dict__.items() if k != "_state"}
+    related = {k: snapshot(v) for k, v in obj._state.fields_cache.items()}
+    return type(obj), attrs, sorted(obj.get_deferred_fields()), related, obj._state.db, obj._state.adding
+
+
+def compiled_and_orm(build: Any, shape: tuple[Any, ...], values: dict[str, Any]) -> tuple[Any, Any]:
+    """(SQL, parameters, instances) of the compiled statement (selectors._run_models) and of the ORM's queryset."""
+    for _ in range(2):  # the second time from the compiled statement
+        got = selectors._run_models(build, shape, values)
+    st = selectors._model_statement(build, connection.vendor, *shape)
+    assert st is not None
+    orm_qs = build(selectors._Actual(values), *shape)
+    sql, params = orm_qs.query.sql_with_params()
+    return (st.sql, selectors._bind(st.slots, values), [snapshot(o) for o in got]), (
+        sql,
+        list(params),
+        [snapshot(o) for o in orm_qs],
+    )
+
+
+def test_the_compiled_claimed_field_is_the_orms(make_document: Any, reviewer: Any) -> None:
+    doc = make_document()
+    fields = selectors.document_fields(doc)
+    FieldValue.objects.filter(pk=fields[0].pk).update(value={"a": [1, "<b>"]}, evidence_start=None)
+    for fv in fields[:2]:
+        compiled, orm = compiled_and_orm(selectors._claimed_by_pk, (), {"pk": fv.pk})
+        assert compiled == orm
+        assert len(compiled[2]) == 1 and compiled[2][0][3]  # the related document, type and spec are cached
+        assert snapshot(selectors.claimed_field(fv.pk)) == snapshot(selectors.claimed().get(pk=fv.pk))
+    with pytest.raises(FieldValue.DoesNotExist):
+        selectors.claimed_field(-1)
+
+
+@pytest.mark.parametrize(
+    ("filters", "skip"),
+    [
+        (QueueFilters(), ()),
+        (QueueFilters(sort="age"), (1, 2)),
+        (QueueFilters(document_type="receipt", field="total", band="mid", max_age_days=7), (3,)),
+        (QueueFilters(workspace=-1), ()),  # a workspace the reviewer is not in: nothing
+    ],
+)
+def test_the_compiled_held_field_is_the_orms(
+    make_document: Any, reviewer: Any, other_workspace: Workspace, filters: Any, skip: Any
+) -> None:
+    Membership.objects.create(user=reviewer, workspace=other_workspace)
+    make_document()
+    make_document(ws=other_workspace, filename="other.txt")
+    now = timezone.now()
+    assert selectors.held_field(reviewer, filters, now=now, skip=skip) is None  # nothing held yet
+    claimed = services.queue_claim_next(user=reviewer, filters=QueueFilters())
+    got = selectors._queue_shape(reviewer, filters, now=now, skip=skip)
+    if filters.workspace is not None:
+        assert got is None and selectors.held_field(reviewer, filters, now=now, skip=skip) is None
+        return
+    shape, values = got
+    compiled, orm = compiled_and_orm(selectors._held_by, shape, values)
+    assert compiled == orm
+    held = selectors.held_field(reviewer, filters, now=now, skip=skip)
+    if filters == QueueFilters():
+        assert held is not None and held.pk == claimed.pk
+        assert selectors.held_field(reviewer, filters, now=now, skip=(claimed.pk,)) is None
+        later = now + timedelta(seconds=400)  # the lease has expired by then
+        assert selectors.held_field(reviewer, filters, now=later) is None
+
+
+@pytest.mark.parametrize("n_workspaces", [1, 2])
+def test_the_decisions_compiled_locked_read_is_the_orms(
+    make_document: Any, reviewer: Any, other_workspace: Workspace, n_workspaces: int
+) -> None:
+    if n_workspaces == 2:
+        Membership.objects.create(user=reviewer, workspace=other_workspace)
+    doc = make_document()
+    field = selectors.document_fields(doc)[0]
+    ids = selectors.workspace_ids(reviewer)
+    values = {"pk": field.pk, **{f"ws{i}": w for i, w in enumerate(ids)}}
+    with transaction.atomic():
+        compiled, orm = compiled_and_orm(services._locked_field, (len(ids),), values)
+    assert compiled == orm
+    assert 'FOR UPDATE OF "reviewapp_fieldvalue"' in compiled[0]  # the row, not its spec
+    (fv,) = compiled[2]
+    assert fv[1]["current_run_id"] == field.run_id and "field_spec" in fv[3]
+    # Another workspace's field is not found, as with the ORM.
+    with transaction.atomic():
+        assert selectors._run_models(services._locked_field, (1,), {"pk": field.pk, "ws0": -5}) == []
+
+
+def test_the_compiled_claim_update_is_the_orms_and_respects_live_leases(
+    make_document: Any, reviewer: Any, second_reviewer: Any
+) -> None:
+    doc = make_document()
+    a, b = selectors.document_fields(doc)[:2]
+    FieldValue.objects.filter(pk__in=[a.pk, b.pk]).update(status="needs_review", claimed_by=None)
+    now = timezone.now()
+    expires = now + timedelta(seconds=300)
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as compiled:
+            assert services._claim_update(a.pk, reviewer.pk, now, expires) == 1
+        transaction.set_rollback(True)
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as orm:
+            qs = services._claimable(a.pk, reviewer, now)
+            assert qs.update(claimed_by=reviewer, claim_expires_at=expires) == 1
+        transaction.set_rollback(True)
+    assert [q["sql"] for q in compiled.captured_queries] == [q["sql"] for q in orm.captured_queries]
+    # A live lease of another reviewer wins; the reviewer's own lease, an expired one or none are taken.
+    assert services._claim_update(a.pk, second_reviewer.pk, now, expires) == 1
+    assert services._claim_update(a.pk, reviewer.pk, now, expires) == 0
+    assert services._claim_update(a.pk, second_reviewer.pk, now, expires) == 1  # its own
+    later = expires + timedelta(seconds=1)
+    assert services._claim_update(a.pk, reviewer.pk, later, later + timedelta(seconds=300)) == 1
+    FieldValue.objects.filter(pk=b.pk).update(status="accepted")
+    assert services._claim_update(b.pk, reviewer.pk, now, expires) == 0  # decided: not claimable
+    a.refresh_from_db()
+    assert a.claimed_by_id == reviewer.pk
+
+
+@pytest.mark.django_db(transaction=True)  # autocommit: no transaction around the test
+def test_the_compiled_locked_read_refuses_to_run_outside_a_transaction(reviewer: Any) -> None:
+    from django.db.transaction import TransactionManagementError
+
+    with pytest.raises(TransactionManagementError):  # as the ORM's select_for_update
+        selectors._run_models(services._locked_field, (1,), {"pk": 1, "ws0": 1})
