@@ -277,6 +277,19 @@ def _bind(slots: tuple[tuple[str | None, Any], ...], values: dict[str, Any]) -> 
     return [const if name is None else values[name] for name, const in slots]
 
 
+def _stand_in_filters(
+    si: Any, has_type: bool, has_field: bool, band: str | None, has_age: bool, sort: str
+) -> QueueFilters:
+    """The filters of a shape of request, with stand-ins for its values (the age's own stand-in is "since")."""
+    return QueueFilters(
+        document_type=si.str("type") if has_type else None,
+        field=si.str("field") if has_field else None,
+        band=band,
+        max_age_days=1 if has_age else None,
+        sort=sort,
+    )
+
+
 @functools.lru_cache(maxsize=512)
 def _claim_candidates_template(
     shape: tuple[Any, ...],
@@ -288,13 +301,7 @@ def _claim_candidates_template(
     None when a stand-in does not come through unchanged (then the ORM builds the statement every time)."""
     _vendor, n_ids, n_skip, has_type, has_field, band, has_age, sort, held = shape
     si = _StandIns()
-    filters = QueueFilters(
-        document_type=si.str("type") if has_type else None,
-        field=si.str("field") if has_field else None,
-        band=band,
-        max_age_days=1 if has_age else None,
-        sort=sort,
-    )
+    filters = _stand_in_filters(si, has_type, has_field, band, has_age, sort)
     qs = _claim_candidates(
         ids=[si.int(f"ws{i}") for i in range(n_ids)],
         user_id=si.int("user"),
@@ -389,13 +396,7 @@ def _held_by(
     has_age: bool,
     sort: str,
 ) -> QuerySet[FieldValue]:
-    filters = QueueFilters(
-        document_type=si.str("type") if has_type else None,
-        field=si.str("field") if has_field else None,
-        band=band,
-        max_age_days=1 if has_age else None,
-        sort=sort,
-    )
+    filters = _stand_in_filters(si, has_type, has_field, band, has_age, sort)
     open_ = _open_in(
         [si.int(f"ws{i}") for i in range(n_ids)], filters, si.datetime("since") if has_age else None
     )

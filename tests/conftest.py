@@ -213,3 +213,12 @@ def make_document(
         return created.document
 
     return make
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis (CELERY_BROKER_URL); tests that need a real Redis skip without one."""
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    if not url.startswith("redis://"):
+        pytest.skip("needs Redis (make test sets CELERY_BROKER_URL=redis://…)")
+    return url

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
-import pytest
 from kombu import Connection, Queue
 
 from reviewapp.broker import Channel, Transport
-
-
-@pytest.fixture
-def redis_url() -> str:
-    url = os.environ.get("CELERY_BROKER_URL", "")
-    if not url.startswith("redis://"):
-        pytest.skip("needs CELERY_BROKER_URL=redis://… (make test sets it)")
-    return url
 
 
 def test_the_settings_select_it_for_a_redis_broker(redis_url: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -17,14 +16,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def redis_url() -> str:
-    url = os.environ.get("CELERY_BROKER_URL", "")
-    if not url.startswith("redis://"):
-        pytest.skip("needs Redis (make test sets CELERY_BROKER_URL=redis://…)")
-    return url
 
 
 def test_two_workers_share_one_breaker_through_redis(redis_url: str) -> None:
