@@ -258,15 +258,9 @@ def claim_many(requests: Sequence[tuple[int, str]], *, now: Any, stale_before: A
         cursor.execute(_claim_many_sql(), params)
         rows = cursor.fetchall()
     claimed = {row[0]: _claimed_document(conn, row) for row in rows}  # the first column is the id
-    out: list[Document | None] = []
-    for doc_id, token in requests:
-        document = claimed.get(doc_id)
-        if document is not None and document.claim_token == token and first.get(doc_id) == token:
-            first.pop(doc_id)  # a second request with the same token gets None
-            out.append(document)
-        else:
-            out.append(None)
-    return out
+    # A document's first request is the one the statement made; popping it refuses any later one, same token
+    # or not.
+    return [claimed.get(doc_id) if first.pop(doc_id, None) == token else None for doc_id, token in requests]
 
 
 def _claims_batch(requests: list[tuple[int, str]]) -> list[Document | None]:

@@ -240,10 +240,21 @@ class _StandIns:
     def str(self, name: str) -> str:
         return self._add(name, f"\x00stand-in {name}")
 
+    def slots(self, params: Any) -> tuple[tuple[str | None, Any], ...]:
+        """Each parameter of a compiled statement with its stand-in's name (None: a constant, kept)."""
+        return tuple((self.names.get((type(p), p)), p) for p in params)
+
+    def complete(
+        self, slots: tuple[tuple[str | None, Any], ...], *, unused: frozenset[str] = frozenset()
+    ) -> bool:
+        """Whether every stand-in made (but `unused`) came through the compiler unchanged: not where the backend
+        adapts a value (SQLite turns datetimes into strings); then the ORM must build the statement each time."""
+        return {name for name, _ in slots} - {None} == set(self.names.values()) - unused
+
     def compile(self, qs: QuerySet[Any]) -> tuple[str, tuple[tuple[str | None, Any], ...]]:
-        """`qs`'s SQL as the ORM writes it, and each parameter's stand-in name (None: a constant, kept)."""
+        """`qs`'s SQL as the ORM writes it, and each parameter's stand-in name (slots)."""
         sql, params = qs.query.sql_with_params()
-        return sql, tuple((self.names.get((type(p), p)), p) for p in params)
+        return sql, self.slots(params)
 
     def compile_update(
         self, qs: QuerySet[Any], **values: Any
@@ -256,7 +267,7 @@ class _StandIns:
         query.add_update_values(values)
         query.annotations = {}
         sql_, params = query.get_compiler(connection=connection).as_sql()
-        return sql_, tuple((self.names.get((type(p), p)), p) for p in params)
+        return sql_, self.slots(params)
 
 
 class _Actual:
@@ -312,13 +323,13 @@ def _claim_candidates_template(
         held=held,
     )
     sql, slots = si.compile(qs)
-    if {name for name, _ in slots} - {None} != set(si.names.values()) - ({"since"} if not has_age else set()):
-        return None
-    return sql, slots
+    return (
+        (sql, slots) if si.complete(slots, unused=frozenset() if has_age else frozenset({"since"})) else None
+    )
 
 
 def _queue_shape(
-    user: Any, filters: QueueFilters, *, now: Any, skip: tuple[int, ...], **extra: Any
+    user: Any, filters: QueueFilters, *, now: Any, skip: tuple[int, ...]
 ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
     """The shape of a queue request (number of workspaces and of skipped fields, which filters: the key of its
     compiled statements) and its values by stand-in name; None when the user sees no workspace."""
@@ -355,7 +366,7 @@ def claim_candidates_statement(
     if template is None:
         return None
     sql, slots = template
-    return sql, _bind(slots, {"since": now, **values})
+    return sql, _bind(slots, values)  # "since" is in `values` whenever the statement has it
 
 
 # The claimed field as the queue shows it: with its document, document type and spec, in one query. It is shown,
@@ -634,7 +645,7 @@ def _compile_models(si: _StandIns, qs: QuerySet[Any]) -> _ModelStatement:
     converters = compiler.get_converters([col for col, *_ in select])
     return _ModelStatement(
         sql=sql,
-        slots=tuple((si.names.get((type(p), p)), p) for p in params),
+        slots=si.slots(params),
         model=klass_info["model"],
         init_list=tuple(col.target.attname for col, *_ in select[start:end]),
         fields=slice(start, end),
@@ -652,9 +663,7 @@ def _model_statement(build: Callable[..., QuerySet[Any]], vendor: str, *shape: A
     unchanged (SQLite adapts datetimes to strings): then the ORM builds the query every time."""
     si = _StandIns()
     statement = _compile_models(si, build(si, *shape))
-    if {name for name, _ in statement.slots} - {None} != set(si.names.values()):
-        return None
-    return statement
+    return statement if si.complete(statement.slots) else None
 
 
 def _run_models(

@@ -723,7 +723,7 @@ def _claim_statement(vendor: str) -> tuple[str, tuple[tuple[str | None, Any], ..
         claimed_by=si.int("user"),
         claim_expires_at=si.datetime("expires"),
     )
-    return (sql, slots) if {n for n, _ in slots} - {None} == set(si.names.values()) else None
+    return (sql, slots) if si.complete(slots) else None
 
 
 def _claimable(pk: Any, user_id: Any, now: Any) -> Any:
@@ -798,17 +798,17 @@ def queue_claim_next(
     now = timezone.now()
     expires = now + timedelta(seconds=lease_seconds)
     if prefer is not None:
+        # Going back (k) to a field skipped earlier takes it again, if nobody else took it meanwhile.
         free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
         open_ = open_fields(user, filters)
         if skip:
             open_ = open_.exclude(pk__in=skip)
-    # Going back (k) to a field skipped earlier takes it again, if nobody else took it meanwhile.
-    if prefer is not None and _lease_update(
-        FieldValue.objects.filter(Q(pk=prefer) & Q(pk__in=open_.filter(free).values("pk")) & free),
-        claimed_by=user,
-        claim_expires_at=expires,
-    ):
-        return claimed_field(prefer)
+        if _lease_update(
+            FieldValue.objects.filter(Q(pk=prefer) & Q(pk__in=open_.filter(free).values("pk")) & free),
+            claimed_by=user,
+            claim_expires_at=expires,
+        ):
+            return claimed_field(prefer)
     if likely_held:
         # The held item is rendered with its document, type and field spec: fetch them in the same query.
         mine = held_field(user, filters, now=now, skip=skip)
