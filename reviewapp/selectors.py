@@ -5,19 +5,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, Q, QuerySet, Subquery, Value
 from django.db.models.signals import post_delete, post_save
-from django.db.transaction import TransactionManagementError
 from django.dispatch import receiver
 from django.utils import timezone
 
+from . import compiled
 from .errors import NotFound
 from .models import Document, DocumentType, FieldValue, Membership, Workspace
 
@@ -50,7 +49,7 @@ def workspace_ids(user: Any) -> list[int]:
     if user.is_superuser:
         ids = list(Workspace.objects.values_list("id", flat=True))
     else:
-        ids = [row[0] for row in _run(_memberships, user.pk)]
+        ids = [row[0] for row in compiled.rows(_memberships, user.pk)]
     user._workspace_ids_memo = (key, ids)
     return list(ids)
 
@@ -221,73 +220,6 @@ def _claim_candidates(
     return queue_candidates(open_.filter(free), ids, queue_order(filters), held=held_qs)
 
 
-class _StandIns:
-    """Distinct stand-in values, one per named parameter, recognisable in a compiled statement's parameters."""
-
-    def __init__(self) -> None:
-        self.names: dict[tuple[type, Any], str] = {}
-
-    def _add(self, name: str, value: Any) -> Any:
-        self.names[(type(value), value)] = name
-        return value
-
-    def int(self, name: str) -> int:
-        return self._add(name, -2_000_000_000 + len(self.names))  # in range of any id column
-
-    def datetime(self, name: str) -> Any:
-        return self._add(name, datetime(1901, 1, 1, microsecond=len(self.names) + 1, tzinfo=UTC))
-
-    def str(self, name: str) -> str:
-        return self._add(name, f"\x00stand-in {name}")
-
-    def slots(self, params: Any) -> tuple[tuple[str | None, Any], ...]:
-        """Each parameter of a compiled statement with its stand-in's name (None: a constant, kept)."""
-        return tuple((self.names.get((type(p), p)), p) for p in params)
-
-    def complete(
-        self, slots: tuple[tuple[str | None, Any], ...], *, unused: frozenset[str] = frozenset()
-    ) -> bool:
-        """Whether every stand-in made (but `unused`) came through the compiler unchanged: not where the backend
-        adapts a value (SQLite turns datetimes into strings); then the ORM must build the statement each time."""
-        return {name for name, _ in slots} - {None} == set(self.names.values()) - unused
-
-    def compile(self, qs: QuerySet[Any]) -> tuple[str, tuple[tuple[str | None, Any], ...]]:
-        """`qs`'s SQL as the ORM writes it, and each parameter's stand-in name (slots)."""
-        sql, params = qs.query.sql_with_params()
-        return sql, self.slots(params)
-
-    def compile_update(
-        self, qs: QuerySet[Any], **values: Any
-    ) -> tuple[str, tuple[tuple[str | None, Any], ...]]:
-        """The SQL of `qs.update(**values)` as the ORM writes it (QuerySet.update's own steps), with its stand-ins
-        named as in compile()."""
-        from django.db.models import sql
-
-        query = qs.query.chain(sql.UpdateQuery)
-        query.add_update_values(values)
-        query.annotations = {}
-        sql_, params = query.get_compiler(connection=connection).as_sql()
-        return sql_, self.slots(params)
-
-
-class _Actual:
-    """The request's own values under the stand-ins' names: a builder given this instead of a _StandIns builds
-    the ORM query that the compiled statement stands for (the fallback, and what the tests compare it with)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.values = values
-
-    def int(self, name: str) -> Any:
-        return self.values[name]
-
-    datetime = str = int
-
-
-def _bind(slots: tuple[tuple[str | None, Any], ...], values: dict[str, Any]) -> list[Any]:
-    """The parameters of a statement compiled by _StandIns.compile, with `values` in place of the stand-ins."""
-    return [const if name is None else values[name] for name, const in slots]
-
-
 def _stand_in_filters(
     si: Any, has_type: bool, has_field: bool, band: str | None, has_age: bool, sort: str
 ) -> QueueFilters:
@@ -311,7 +243,7 @@ def _claim_candidates_template(
 
     None when a stand-in does not come through unchanged (then the ORM builds the statement every time)."""
     _vendor, n_ids, n_skip, has_type, has_field, band, has_age, sort, held = shape
-    si = _StandIns()
+    si = compiled.StandIns()
     filters = _stand_in_filters(si, has_type, has_field, band, has_age, sort)
     qs = _claim_candidates(
         ids=[si.int(f"ws{i}") for i in range(n_ids)],
@@ -366,7 +298,7 @@ def claim_candidates_statement(
     if template is None:
         return None
     sql, slots = template
-    return sql, _bind(slots, values)  # "since" is in `values` whenever the statement has it
+    return sql, compiled.bind(slots, values)  # "since" is in `values` whenever the statement has it
 
 
 # The claimed field as the queue shows it: with its document, document type and spec, in one query. It is shown,
@@ -392,7 +324,7 @@ def _claimed_by_pk(si: Any) -> QuerySet[FieldValue]:
 
 def claimed_field(pk: int) -> FieldValue:
     """The claimed field `pk` as the queue shows it (claimed()), from a statement compiled once."""
-    for fv in _run_models(_claimed_by_pk, (), {"pk": pk}):
+    for fv in compiled.instances(_claimed_by_pk, (), {"pk": pk}):
         return fv
     raise FieldValue.DoesNotExist("FieldValue matching query does not exist.")
 
@@ -421,12 +353,13 @@ def held_field(
     user: Any, filters: QueueFilters, *, now: Any, skip: tuple[int, ...] = ()
 ) -> FieldValue | None:
     """The first open field (queue order, `filters`, not in `skip`) that `user` holds a live lease on, as the queue
-    shows it (claimed()); None if none. From a statement compiled once per shape of request (_model_statement)."""
+    shows it (claimed()); None if none. From a statement compiled once per shape of request
+    (compiled.model_statement)."""
     got = _queue_shape(user, filters, now=now, skip=skip)
     if got is None:
         return None
     shape, values = got
-    for fv in _run_models(_held_by, shape, values):
+    for fv in compiled.instances(_held_by, shape, values):
         return fv
     return None
 
@@ -595,106 +528,6 @@ def document_fields(document: Document) -> list[FieldValue]:
     return list(_current_run_fields(document).select_related("field_spec", "reviewer", "claimed_by"))
 
 
-@functools.cache
-def _statement(
-    build: Callable[[Any], QuerySet[Any]], vendor: str
-) -> tuple[str, tuple[tuple[str | None, Any], ...]]:
-    """The SQL of `build(value)`'s query as the ORM writes it, built once per process (and database vendor),
-    with `value`'s place among its parameters. For the statements every queue request runs: building and
-    compiling a query costs the ORM 0.1-0.5 ms of Python each time, more than running it."""
-    si = _StandIns()
-    sql, slots = si.compile(build(si.int("value")))
-    if [name for name, _ in slots].count("value") != 1:
-        raise ValueError(f"the value must be exactly one parameter of {sql}")
-    return sql, slots
-
-
-def _run(build: Callable[[Any], QuerySet[Any]], value: Any) -> list[tuple[Any, ...]]:
-    """Run `build(value)`'s query (a values_list: plain rows) from its SQL compiled once (_statement)."""
-    sql, slots = _statement(build, connection.vendor)
-    with connection.cursor() as cur:
-        cur.execute(sql, _bind(slots, {"value": value}))
-        return cur.fetchall()
-
-
-@dataclass(frozen=True)
-class _ModelStatement:
-    """A model query (select_related, only, annotations, FOR UPDATE OF ...) compiled once: its SQL, its parameters'
-    stand-in names, and the ORM compiler's own layout of a row (which columns make which instance, the related
-    objects it caches, the annotations, each column's converters), so that its rows become the same instances
-    the ORM would build (django.db.models.query.ModelIterable)."""
-
-    sql: str
-    slots: tuple[tuple[str | None, Any], ...]
-    model: type
-    init_list: tuple[str, ...]
-    fields: slice
-    populators: tuple[Any, ...]
-    annotations: tuple[tuple[str, int], ...]
-    converters: tuple[tuple[int, tuple[Callable[..., Any], ...], Any], ...]
-    for_update: bool
-
-
-def _compile_models(si: _StandIns, qs: QuerySet[Any]) -> _ModelStatement:
-    from django.db.models.query import get_related_populators
-
-    compiler = qs.query.get_compiler(connection=connection)
-    sql, params = compiler.as_sql()
-    select, klass_info = compiler.select, compiler.klass_info
-    start, end = klass_info["select_fields"][0], klass_info["select_fields"][-1] + 1
-    converters = compiler.get_converters([col for col, *_ in select])
-    return _ModelStatement(
-        sql=sql,
-        slots=si.slots(params),
-        model=klass_info["model"],
-        init_list=tuple(col.target.attname for col, *_ in select[start:end]),
-        fields=slice(start, end),
-        populators=tuple(get_related_populators(klass_info, select, qs.db)),
-        annotations=tuple(compiler.annotation_col_map.items()),
-        converters=tuple((i, tuple(convs), expr) for i, (convs, expr) in converters.items()),
-        for_update=qs.query.select_for_update,
-    )
-
-
-@functools.lru_cache(maxsize=512)
-def _model_statement(build: Callable[..., QuerySet[Any]], vendor: str, *shape: Any) -> _ModelStatement | None:
-    """`build(si, *shape)`'s model query compiled once per process, database vendor and shape (_ModelStatement).
-    `build` names each per-request value with a stand-in of `si`. None when a stand-in does not come through
-    unchanged (SQLite adapts datetimes to strings): then the ORM builds the query every time."""
-    si = _StandIns()
-    statement = _compile_models(si, build(si, *shape))
-    return statement if si.complete(statement.slots) else None
-
-
-def _run_models(
-    build: Callable[..., QuerySet[Any]], shape: tuple[Any, ...], values: dict[str, Any]
-) -> list[Any]:
-    """The instances of `build(values, *shape)`'s query: what iterating the ORM's queryset returns, from its
-    statement compiled once (_model_statement) instead of building and compiling it on every request (0.5-1 ms
-    of Python for a select_related read, more than running it)."""
-    st = _model_statement(build, connection.vendor, *shape)
-    if st is None:
-        return list(build(_Actual(values), *shape))
-    if st.for_update and connection.get_autocommit():  # as the ORM: a lock outside a transaction is a bug
-        raise TransactionManagementError("select_for_update cannot be used outside of a transaction.")
-    with connection.cursor() as cur:
-        cur.execute(st.sql, _bind(st.slots, values))
-        rows = cur.fetchall()
-    out = []
-    for raw in rows:
-        row = list(raw)
-        for i, convs, expr in st.converters:
-            for convert in convs:
-                row[i] = convert(row[i], expr, connection)
-        obj = st.model.from_db(connection.alias, st.init_list, row[st.fields])
-        for populator in st.populators:
-            populator.populate(row, obj)
-        for name, pos in st.annotations:
-            setattr(obj, name, row[pos])
-        out.append(obj)
-    return out
-
-
 def _memberships(user_id: Any) -> QuerySet[Any]:
     return Membership.objects.filter(user_id=user_id).values_list("workspace_id")
 
@@ -711,8 +544,8 @@ def queue_siblings(document: Document) -> list[dict[str, Any]]:
 
     Plain rows, not models: the queue renders this on every request (whole rows with their users cost 2.7 ms,
     models with only these columns 1.1 ms, these rows ~0.4 ms). The statement is the ORM's, compiled once
-    (_statement)."""
-    rows = _run(_siblings, document.pk)
+    (compiled.statement)."""
+    rows = compiled.rows(_siblings, document.pk)
     labels = dict(FieldValue.Status.choices)
     json_field = FieldValue._meta.get_field("value")
     out = []

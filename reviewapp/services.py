@@ -33,7 +33,7 @@ from extraction.redaction import redact
 from extraction.schemas import DocumentSchema
 from extraction.tracing import LangfuseSettings, export_run
 
-from . import llm, runstore, webhooks
+from . import compiled, llm, runstore, webhooks
 from .errors import (
     AlreadyDecided,
     InvalidCorrection,
@@ -53,10 +53,6 @@ from .models import (
     Workspace,
 )
 from .selectors import (
-    _bind,
-    _run,
-    _run_models,
-    _StandIns,
     claimed_field,
     held_field,
     queue_counts_decided,
@@ -571,7 +567,7 @@ def _open_of_run(run_id: Any) -> Any:
 
 
 def _close_document_if_done(document_id: int, run_id: int) -> None:
-    if _run(_open_of_run, run_id):  # any field of the run left to review? (compiled once: selectors._run)
+    if compiled.rows(_open_of_run, run_id):  # any field of the run left to review? (compiled once)
         return
     if Document.objects.filter(pk=document_id, status=Status.NEEDS_REVIEW).update(
         status=Status.REVIEWED, updated_at=timezone.now()
@@ -593,7 +589,7 @@ def _current_run_id() -> Any:
 
 def _locked_field(si: Any, n_ids: int) -> Any:
     """The decision's read: the field, if in one of the user's workspaces, locked (not its spec), with its spec
-    and its document's current run id. Compiled once per number of workspaces (selectors._run_models)."""
+    and its document's current run id. Compiled once per number of workspaces (compiled.instances)."""
     return (
         FieldValue.objects.select_for_update(of=("self",))
         .select_related("field_spec")
@@ -628,7 +624,7 @@ def _decide(
     if action not in Action.values:
         raise InvalidCorrection(f"unknown action {action!r}", code="invalid_action")
     ids = list(dict.fromkeys(workspace_ids(user)))
-    locked = _run_models(
+    locked = compiled.instances(
         _locked_field, (len(ids),), {"pk": field_id, **{f"ws{i}": w for i, w in enumerate(ids)}}
     )
     if not locked:
@@ -717,7 +713,7 @@ def fields_bulk_accept(*, user: Any, versions: dict[int, int]) -> tuple[int, lis
 def _claim_statement(vendor: str) -> tuple[str, tuple[tuple[str | None, Any], ...]] | None:
     """The claim's conditional UPDATE (_claim_update) compiled once; None where a stand-in does not come through
     (SQLite adapts datetimes to strings)."""
-    si = _StandIns()
+    si = compiled.StandIns()
     sql, slots = si.compile_update(
         _claimable(si.int("pk"), si.int("user"), si.datetime("now")),
         claimed_by=si.int("user"),
@@ -741,7 +737,7 @@ def _claim_update(pk: int, user_id: Any, now: Any, expires: Any) -> int:
     if statement is None:
         return _lease_update(_claimable(pk, user_id, now), claimed_by=user_id, claim_expires_at=expires)
     sql, slots = statement
-    params = _bind(slots, {"pk": pk, "user": user_id, "now": now, "expires": expires})
+    params = compiled.bind(slots, {"pk": pk, "user": user_id, "now": now, "expires": expires})
 
     def run() -> int:
         with connection.cursor() as cur:

@@ -18,6 +18,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from reviewapp import selectors, services
+from reviewapp.compiled import Actual, bind, instances, model_statement
 from reviewapp.models import DocumentType, FieldValue, Membership, Workspace
 from reviewapp.selectors import QueueFilters
 from tests.conftest import client_for
@@ -246,14 +247,14 @@ def snapshot(obj: Any) -> Any:
 
 
 def compiled_and_orm(build: Any, shape: tuple[Any, ...], values: dict[str, Any]) -> tuple[Any, Any]:
-    """(SQL, parameters, instances) of the compiled statement (selectors._run_models) and of the ORM's queryset."""
+    """(SQL, parameters, instances) of the compiled statement (compiled.instances) and of the ORM's queryset."""
     for _ in range(2):  # the second time from the compiled statement
-        got = selectors._run_models(build, shape, values)
-    st = selectors._model_statement(build, connection.vendor, *shape)
+        got = instances(build, shape, values)
+    st = model_statement(build, connection.vendor, *shape)
     assert st is not None
-    orm_qs = build(selectors._Actual(values), *shape)
+    orm_qs = build(Actual(values), *shape)
     sql, params = orm_qs.query.sql_with_params()
-    return (st.sql, selectors._bind(st.slots, values), [snapshot(o) for o in got]), (
+    return (st.sql, bind(st.slots, values), [snapshot(o) for o in got]), (
         sql,
         list(params),
         [snapshot(o) for o in orm_qs],
@@ -324,7 +325,7 @@ def test_the_decisions_compiled_locked_read_is_the_orms(
     assert fv[1]["current_run_id"] == field.run_id and "field_spec" in fv[3]
     # Another workspace's field is not found, as with the ORM.
     with transaction.atomic():
-        assert selectors._run_models(services._locked_field, (1,), {"pk": field.pk, "ws0": -5}) == []
+        assert instances(services._locked_field, (1,), {"pk": field.pk, "ws0": -5}) == []
 
 
 def test_the_compiled_claim_update_is_the_orms_and_respects_live_leases(
@@ -362,4 +363,4 @@ def test_the_compiled_locked_read_refuses_to_run_outside_a_transaction(reviewer:
     from django.db.transaction import TransactionManagementError
 
     with pytest.raises(TransactionManagementError):  # as the ORM's select_for_update
-        selectors._run_models(services._locked_field, (1,), {"pk": 1, "ws0": 1})
+        instances(services._locked_field, (1,), {"pk": 1, "ws0": 1})
