@@ -28,6 +28,7 @@ from litellm import Router
 from . import providers
 from .breaker import CircuitBreaker, MemoryStore
 from .config import LLMConfig, ModelEntry
+from .parsing import storable
 from .ratelimit import MemoryRates, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -360,10 +361,10 @@ class Gateway:
     def _fail(self, record: CallRecord, exc: BaseException, trace: Trace) -> None:
         record.latency_ms = int((time.time() - record.started_at) * 1000)
         record.error_class = type(exc).__name__
-        record.error_message = str(exc)[:4000]
+        record.error_message = storable(str(exc)[:4000])
         raw = getattr(getattr(exc, "response", None), "text", None)
         if isinstance(raw, str):
-            record.raw_response = raw[:20000]
+            record.raw_response = storable(raw[:20000])
         trace.add(record)
 
     def _call_once(
@@ -402,9 +403,11 @@ class Gateway:
         else:
             response = self.router.completion(model=alias, messages=messages, **kwargs)
             text = response.choices[0].message.content or ""
+        text = storable(text)  # a reply with NUL or a lone surrogate is still stored (and parsed), not lost
         record.latency_ms = int((time.perf_counter() - start) * 1000)
         record.raw_response = text
-        record.model_answered = str(getattr(response, "model", "") or record.model_requested)
+        # What the provider says it ran, cut like any other provider text we keep (the run stores it too).
+        record.model_answered = storable(str(getattr(response, "model", "") or record.model_requested))[:200]
         record.prompt_tokens, record.completion_tokens, record.cached_tokens = _usage(response)
         if not record.prompt_tokens:
             record.prompt_tokens = prompt_tokens

@@ -59,6 +59,28 @@ _CONFIDENCE_WORDS: dict[str, float] = {
     "very low": 0.1,
 }
 
+# What a model can put in its reply that is not storable text: NUL (PostgreSQL's text and JSON types refuse it)
+# and UTF-16 surrogate code points, which are not characters (a lone one comes out of a "\ud800" escape or a
+# broken provider). Each becomes U+FFFD, the replacement character, as undecodable bytes do in a document.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` with NUL and lone surrogates replaced by U+FFFD (the model's reply, an error message)."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def _storable_values(value: Any) -> Any:
+    """A parsed reply with storable() applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(k): _storable_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable_values(v) for v in value]
+    return value
+
+
 # pydantic error types that a word ("high") or a percentage (87, "87%") in a 0..1 score field produces.
 _SCORE_ERROR_TYPES = frozenset({"float_parsing", "float_type", "less_than_equal", "greater_than_equal"})
 
@@ -199,8 +221,16 @@ def parse_json_object(raw: str) -> tuple[dict[str, Any], list[str]]:
     Try ``json.loads`` first; otherwise drop ``<think>`` blocks, code fences and prose around the
     outermost ``{...}``, and hand what remains to json_repair (trailing commas, single quotes, comments,
     unquoted keys, Python literals, truncated output). A top-level array holding one object yields that
-    object. Raise ParseError when the reply is empty or holds no object.
+    object. Raise ParseError when the reply is empty or holds no object. NUL and lone surrogates in its strings
+    (raw, or from a ``\\u`` escape) come back as U+FFFD (storable()).
     """
+    obj, repairs = _parse_json_object(raw)
+    if "\\u" in raw or _UNSTORABLE.search(raw):  # an escape, or the raw text itself (raw is a str here)
+        obj = _storable_values(obj)
+    return obj, repairs
+
+
+def _parse_json_object(raw: str) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(raw, str):
         raise ParseError(f"reply is {type(raw).__name__}, not text", raw=str(raw))
     text = raw.strip()
@@ -217,7 +247,7 @@ def parse_json_object(raw: str) -> tuple[dict[str, Any], list[str]]:
     else:
         # A double-encoded answer ("{\"a\": 1}") is a string holding the JSON we want.
         if isinstance(value, str) and "{" in value:
-            inner, inner_repairs = parse_json_object(value)
+            inner, inner_repairs = _parse_json_object(value)
             return inner, ["double_encoded", *inner_repairs]
         obj = _unwrap_top_level(value, repairs, raw)
         if obj is not None:

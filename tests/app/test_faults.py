@@ -149,6 +149,33 @@ def test_a_prompt_injection_in_the_document_changes_nothing(make_document: Any) 
     assert sent.count("</document>") == 1 and "<\\/document>" in sent  # the document can't close its own tag
 
 
+def test_a_model_answering_nul_and_lone_surrogates_still_finishes_the_document(
+    make_document: Any, llm_config_file: Any, llm: Any
+) -> None:
+    # PostgreSQL refuses NUL and lone surrogates in text and JSON: left in the reply, they failed the run's
+    # results statement, and then storing its trace failed the same way.
+    def junk(body: dict[str, Any]) -> str:
+        text = offline_answer(body["messages"])
+        if '"value": "' in text:  # extract: as JSON escapes inside a value
+            return text.replace('"value": "', '"value": "\\ud800\\u0000', 1)
+        return text + "\ud800\x00"  # classify, verify: raw, after the JSON (a repaired reply)
+
+    llm.default = responder(junk)
+    llm_config_file(classify="primary", verify="primary", retries=0, fallbacks=[])
+    doc = make_document()
+    doc.refresh_from_db()
+    assert doc.status in ("needs_review", "auto_accepted"), doc.status_reason
+    calls = LLMCall.objects.filter(document=doc)
+    assert sorted(calls.values_list("step", "error_class")) == [
+        ("classify", ""),
+        ("extract", ""),
+        ("verify", ""),
+    ]
+    assert all(c.raw_response.endswith("\ufffd\ufffd") for c in calls.exclude(step="extract"))
+    values = [str(v) for v in FieldValue.objects.filter(document=doc).values_list("raw_value", flat=True)]
+    assert any(v.startswith("\ufffd\ufffd") for v in values), values
+
+
 @pytest.mark.parametrize(
     ("data", "name", "outcome"),
     [

@@ -44,6 +44,24 @@ def test_a_reply_is_returned_with_usage_and_the_pinned_model(llm: Any) -> None:
     assert trace.calls == []  # the caller adds a success once it knows whether it parsed
 
 
+@pytest.mark.parametrize("answer", [reply, stream])
+def test_nul_and_lone_surrogates_in_a_reply_are_replaced_before_it_is_kept(llm: Any, answer: Any) -> None:
+    # The scripted server JSON-encodes the content, so these arrive as escapes and come out of the client's
+    # JSON decoder as a NUL and a lone surrogate: text PostgreSQL cannot store.
+    llm.script("primary-model", answer('{"vendor": "Ac\ud800me"}\x00'))
+    config = server_config(llm.base_url)
+    config["tasks"]["extract"]["stream"] = answer is stream
+    gateway = Gateway(LLMConfig.model_validate(config), sleep=lambda s: None)
+    done = gateway.complete(task="extract", messages=MESSAGES, trace=Trace())
+    assert done.text == done.record.raw_response == '{"vendor": "Ac\ufffdme"}\ufffd'
+
+
+def test_a_provider_naming_an_absurdly_long_model_is_cut_to_what_is_stored(llm: Any) -> None:
+    llm.script("primary-model", reply("{}", model_name="m" * 5000))
+    done = make_gateway(llm).complete(task="extract", messages=MESSAGES, trace=Trace())
+    assert done.record.model_answered == "m" * 200
+
+
 def test_429_is_retried_with_backoff_honouring_retry_after(llm: Any) -> None:
     llm.script("primary-model", error(429, retry_after=0.04), error(503), reply("fine"))
     sleeps: list[float] = []

@@ -387,3 +387,22 @@ def test_parse_model_does_not_reinterpret_valid_numbers() -> None:
 def test_parse_model_propagates_parse_errors() -> None:
     with pytest.raises(ParseError):
         parse_model("", ClassifyResult)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"vendor": "Ac\\ud800me", "note": "nul \\u0000 here", "k\\udfffey": ["\\ud800"]}',  # as escapes
+        '{"vendor": "Ac\ud800me", "note": "nul \x00 here", "k\udfffey": ["\ud800"]}',  # raw in the text
+        '```json\n{"vendor": "Ac\\ud800me", "note": "nul \\u0000 here", "k\\udfffey": ["\\ud800",],}\n```',  # repaired
+    ],
+)
+def test_nul_and_lone_surrogates_in_a_reply_come_back_as_replacement_characters(raw: str) -> None:
+    # PostgreSQL refuses both in text and JSON: left in, they would fail the run's results statement.
+    obj, _ = parse_json_object(raw)
+    assert obj == {"vendor": "Ac\ufffdme", "note": "nul \ufffd here", "k\ufffdey": ["\ufffd"]}
+
+
+def test_a_surrogate_pair_escape_is_one_character_and_kept() -> None:
+    obj, repairs = parse_json_object('{"vendor": "caf\\u00e9 \\ud83d\\ude00"}')
+    assert obj == {"vendor": "café 😀"} and repairs == []
