@@ -144,13 +144,25 @@ def _retry_after(exc: BaseException) -> float | None:
         return None  # an HTTP date: ignore, the backoff still applies
 
 
+_MAX_TOKENS = 2**31 - 1  # no model's window comes near it; beyond it the count is a provider's bug
+
+
+def _count(value: Any) -> int:
+    """A token count as reported by the provider, or 0 if it is not a usable one (negative, not a number)."""
+    try:
+        n = int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return n if 0 <= n <= _MAX_TOKENS else 0
+
+
 def _usage(response: Any) -> tuple[int, int, int]:
     usage = getattr(response, "usage", None)
     if usage is None:
         return 0, 0, 0
     details = getattr(usage, "prompt_tokens_details", None)
     cached = getattr(details, "cached_tokens", 0) if details is not None else 0
-    return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0), int(cached or 0)
+    return _count(usage.prompt_tokens), _count(usage.completion_tokens), _count(cached)
 
 
 class Gateway:

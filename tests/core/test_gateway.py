@@ -56,6 +56,15 @@ def test_nul_and_lone_surrogates_in_a_reply_are_replaced_before_it_is_kept(llm: 
     assert done.text == done.record.raw_response == '{"vendor": "Ac\ufffdme"}\ufffd'
 
 
+def test_token_counts_a_provider_could_not_mean_are_not_kept(llm: Any) -> None:
+    # A negative count breaks the stored call's check constraint, a huge one its integer column.
+    llm.script("primary-model", reply("{}", prompt_tokens=-5, completion_tokens=10**12))
+    gateway = make_gateway(llm)
+    done = gateway.complete(task="extract", messages=MESSAGES, trace=Trace())
+    assert done.record.completion_tokens == 0
+    assert done.record.prompt_tokens == gateway.count_tokens("primary", MESSAGES) > 0  # our own count instead
+
+
 def test_a_provider_naming_an_absurdly_long_model_is_cut_to_what_is_stored(llm: Any) -> None:
     llm.script("primary-model", reply("{}", model_name="m" * 5000))
     done = make_gateway(llm).complete(task="extract", messages=MESSAGES, trace=Trace())
