@@ -71,14 +71,22 @@ def storable(text: str) -> str:
 
 
 def _storable_values(value: Any) -> Any:
-    """A parsed reply with storable() applied to every string in it, keys included."""
+    """A parsed reply with storable() applied to every string in it, keys included, and numbers too large for
+    a float (1e400) as null, as NaN and Infinity are read (_loads_strict)."""
     if isinstance(value, str):
         return storable(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {storable(k): _storable_values(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_storable_values(v) for v in value]
     return value
+
+
+def _finite(token: str) -> float | None:
+    number = float(token)
+    return number if math.isfinite(number) else None
 
 
 # pydantic error types that a word ("high") or a percentage (87, "87%") in a 0..1 score field produces.
@@ -197,8 +205,9 @@ def _object_spans(text: str) -> list[_Span]:
 
 
 def _loads_strict(text: str) -> Any:
-    # NaN/Infinity are valid to Python's json but poison numeric checks downstream: read them as null.
-    return json.loads(text, parse_constant=lambda _name: None)
+    # NaN/Infinity are valid to Python's json but poison numeric checks downstream, and PostgreSQL's JSON
+    # refuses them: read them as null, and so a number too large for a float (1e400 would be Infinity).
+    return json.loads(text, parse_constant=lambda _name: None, parse_float=_finite)
 
 
 def _unwrap_top_level(value: Any, repairs: list[str], raw: str) -> dict[str, Any] | None:
@@ -222,10 +231,12 @@ def parse_json_object(raw: str) -> tuple[dict[str, Any], list[str]]:
     outermost ``{...}``, and hand what remains to json_repair (trailing commas, single quotes, comments,
     unquoted keys, Python literals, truncated output). A top-level array holding one object yields that
     object. Raise ParseError when the reply is empty or holds no object. NUL and lone surrogates in its strings
-    (raw, or from a ``\\u`` escape) come back as U+FFFD (storable()).
+    (raw, or from a ``\\u`` escape) come back as U+FFFD (storable()), numbers beyond a float's range as null.
     """
     obj, repairs = _parse_json_object(raw)
-    if "\\u" in raw or _UNSTORABLE.search(raw):  # an escape, or the raw text itself (raw is a str here)
+    # An escape or the raw text can hold what is not storable; json_repair's numbers are not checked by
+    # _loads_strict. (raw is a str here.)
+    if "\\u" in raw or "json_repair" in repairs or _UNSTORABLE.search(raw):
         obj = _storable_values(obj)
     return obj, repairs
 

@@ -176,6 +176,26 @@ def test_a_model_answering_nul_and_lone_surrogates_still_finishes_the_document(
     assert any(v.startswith("\ufffd\ufffd") for v in values), values
 
 
+def test_a_model_answering_numbers_beyond_a_float_still_finishes_the_document(
+    make_document: Any, llm_config_file: Any, llm: Any
+) -> None:
+    # 1e400 reads as Infinity, which PostgreSQL's JSON refuses: the run's results statement failed.
+    def junk(body: dict[str, Any]) -> str:
+        text = offline_answer(body["messages"])
+        if '"value": "' in text:  # extract
+            text = text.replace('"value": "', '"value": [1e400], "was": "', 1)
+            text = text.replace('"confidence": ', '"confidence": -1e400, "was": ', 1)
+        return text
+
+    llm.default = responder(junk)
+    llm_config_file(classify="primary", verify="primary", retries=0, fallbacks=[])
+    doc = make_document()
+    doc.refresh_from_db()
+    assert doc.status == "needs_review", doc.status_reason
+    first = FieldValue.objects.filter(document=doc).order_by("id").first()
+    assert (first.raw_value, first.status) == ([None], "needs_review")
+
+
 @pytest.mark.parametrize(
     ("data", "name", "outcome"),
     [

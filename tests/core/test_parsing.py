@@ -406,3 +406,15 @@ def test_nul_and_lone_surrogates_in_a_reply_come_back_as_replacement_characters(
 def test_a_surrogate_pair_escape_is_one_character_and_kept() -> None:
     obj, repairs = parse_json_object('{"vendor": "caf\\u00e9 \\ud83d\\ude00"}')
     assert obj == {"vendor": "café 😀"} and repairs == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"total": 1e400, "items": [-1e400, 2.5], "nested": {"n": 1' + "0" * 400 + '.0}}',  # strict JSON
+        "{'total': 1e400, 'items': [-1e400, 2.5], 'nested': {'n': 1" + "0" * 400 + ".0},}",  # json_repair
+    ],
+)
+def test_numbers_beyond_a_float_read_as_null_like_nan(raw: str) -> None:
+    obj, _ = parse_json_object(raw)
+    assert obj == {"total": None, "items": [None, 2.5], "nested": {"n": None}}
