@@ -411,7 +411,7 @@ def test_a_surrogate_pair_escape_is_one_character_and_kept() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        '{"total": 1e400, "items": [-1e400, 2.5], "nested": {"n": 1' + "0" * 400 + '.0}}',  # strict JSON
+        '{"total": 1e400, "items": [-1e400, 2.5], "nested": {"n": 1' + "0" * 400 + ".0}}",  # strict JSON
         "{'total': 1e400, 'items': [-1e400, 2.5], 'nested': {'n': 1" + "0" * 400 + ".0},}",  # json_repair
     ],
 )
