@@ -496,6 +496,12 @@ def _normalize_enum(spec: FieldSpec, raw: Any) -> str | None:
 
 
 def _normalize_text(raw: Any) -> str | None:
+    if isinstance(raw, (list, dict)):
+        # A structure where text was asked for: the model misread the field. Its Python repr ("['ACME', None]")
+        # must not pass as the value, least of all auto-accepted; the raw value stays for the reviewer.
+        raise InvalidValue(f"Not text: a JSON {'array' if isinstance(raw, list) else 'object'}")
+    if isinstance(raw, bool):
+        return "true" if raw else "false"  # as the model wrote it, not Python's "True"
     text = raw if isinstance(raw, str) else str(raw)
     text = " ".join(text.split())
     return text or None

@@ -36,6 +36,18 @@ def test_text_collapses_whitespace(raw: Any, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "kind"), [(["ACME", "Corp"], "array"), ({"name": "ACME"}, "object"), ([], "array")]
+)
+def test_a_structure_is_not_text(raw: Any, kind: str) -> None:
+    with pytest.raises(InvalidValue, match=f"Not text: a JSON {kind}"):
+        normalize(spec(FieldType.TEXT), raw)
+
+
+def test_a_json_boolean_as_text_reads_as_json() -> None:
+    assert [normalize(spec(FieldType.TEXT), b) for b in (True, False)] == ["true", "false"]
+
+
+@pytest.mark.parametrize(
     ("raw", "expected"),
     [
         ("1,234.50", 1234.5),
