@@ -120,8 +120,12 @@ def gate(
     problem: str = "",
     chunk_offset: int = 0,
     chunk: int | None = None,
+    unverified: bool = False,
 ) -> GatedField:
-    """Normalise, check and gate one field. A required field that is missing or invalid gets confidence 0."""
+    """Normalise, check and gate one field. A required field that is missing or invalid gets confidence 0.
+
+    `unverified`: the verifier was asked about the field but gave no usable verdict, so the field is not
+    auto-accepted on the extractor's word alone (it goes to review, its own problems named first)."""
     if answer is None:
         answer = ExtractedField(
             value=None, confidence=0.0, reasoning="the model gave no answer for this field"
@@ -146,6 +150,8 @@ def gate(
     if problem.startswith("invalid value") or (spec.required and value is None):
         confidence = 0.0
         problem = problem or "required field missing"
+    if unverified:
+        problem = problem or "the verifier gave no usable verdict"
     status = AUTO_ACCEPTED if confidence >= spec.threshold and not problem else NEEDS_REVIEW
     return GatedField(
         name=spec.name,

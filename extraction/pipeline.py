@@ -14,12 +14,21 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from pydantic import ValidationError
+
 from .chunking import Chunk, split
 from .gateway import Gateway, GatewayError, Trace
 from .gating import GatedField, gate
-from .parsing import ParseError, parse_extraction, parse_model
+from .parsing import ParseError, parse_extraction, parse_json_object, parse_model
 from .prompts import CLASSIFY_VERSION, VERIFY_VERSION, classify_messages, extract_messages, verify_messages
-from .schemas import ClassifyResult, DocumentSchema, ExtractedField, VerifyResult, extraction_json_schema
+from .schemas import (
+    ClassifyResult,
+    DocumentSchema,
+    ExtractedField,
+    FieldVerdict,
+    VerifyResult,
+    extraction_json_schema,
+)
 
 CLASSIFY_PREFIX_CHARS = 6000  # the classifier needs the head of a document, not all of it
 
@@ -69,6 +78,8 @@ class Attempt:
     candidates: dict[str, Candidate]
     dropped: list[str]
     verify: VerifyResult | None = None
+    # Fields the verifier was asked about but gave no usable verdict for; "*": its whole answer was unusable.
+    unverified: frozenset[str] = frozenset()
 
     @property
     def score(self) -> float:
@@ -135,7 +146,7 @@ class Pipeline:
                 )
                 continue
             if options.verify:
-                attempt.verify = self._verify(text, schema, attempt, number, trace)
+                attempt.verify, attempt.unverified = self._verify(text, schema, attempt, number, trace)
             if best is None or attempt.score > best.score:
                 best = attempt
             if attempt.verify is None or attempt.score >= options.verify_threshold:
@@ -159,6 +170,7 @@ class Pipeline:
                     text,
                     verdict=verdict,
                     problem=problem,
+                    unverified="*" in best.unverified or spec.name in best.unverified,
                     chunk_offset=cand.chunk.start if cand else 0,
                     chunk=cand.chunk.index if (cand and multi) else None,
                 )
@@ -279,7 +291,13 @@ class Pipeline:
 
     def _verify(
         self, text: str, schema: DocumentSchema, attempt: Attempt, number: int, trace: Trace
-    ) -> VerifyResult:
+    ) -> tuple[VerifyResult | None, frozenset[str]]:
+        """The verifier's verdicts, and the fields it gave no usable verdict for ("*": none usable).
+
+        A verify answer that does not validate does not fail the document: the verdicts that validate are
+        kept (the rest dropped, noted as a repair), or, with none usable, the run goes on unverified. Either
+        way the fields without a verdict go to review, and the call keeps the raw answer for prompt tuning.
+        """
         extraction = {
             name: {"value": c.answer.value, "confidence": c.answer.confidence, "evidence": c.answer.evidence}
             for name, c in attempt.candidates.items()
@@ -306,12 +324,39 @@ class Pipeline:
         try:
             result, repairs = parse_model(completion.text, VerifyResult)
         except ParseError as exc:
-            _finish(completion.record, trace, "failed", exc.repairs)
-            raise PipelineError(
-                f"verify answer is invalid: {exc}", step="verify", code="invalid_verification"
-            ) from exc
+            salvaged, dropped = _salvage_verdicts(completion.text)
+            if salvaged is None:
+                _finish(completion.record, trace, "failed", exc.repairs)
+                return None, frozenset({"*"})
+            _finish(
+                completion.record, trace, "repaired", [*exc.repairs, f"verdicts_dropped:{','.join(dropped)}"]
+            )
+            return salvaged, frozenset(dropped)
         _finish(completion.record, trace, "repaired" if repairs else "ok", repairs)
-        return result  # type: ignore[return-value]
+        return result, frozenset()  # type: ignore[return-value]
+
+
+def _salvage_verdicts(raw: str) -> tuple[VerifyResult | None, list[str]]:
+    """The verify answer with its invalid field verdicts dropped, and their names; None if that is not enough
+    (no JSON object, no "fields" object, or document-level scores that do not validate either)."""
+    try:
+        obj, _ = parse_json_object(raw)
+    except ParseError:
+        return None, []
+    fields = obj.get("fields")
+    if not isinstance(fields, dict):
+        return None, []
+    kept: dict[str, FieldVerdict] = {}
+    dropped: list[str] = []
+    for name, verdict in fields.items():
+        try:
+            kept[name] = FieldVerdict.model_validate(verdict)
+        except ValidationError:
+            dropped.append(name)
+    try:
+        return VerifyResult.model_validate({**obj, "fields": kept}), dropped
+    except ValidationError:
+        return None, []
 
 
 def _finish(record: Any, trace: Trace, status: str, repairs: list[str]) -> None:

@@ -112,6 +112,11 @@ class FieldVerdict(BaseModel):
     score: float = Field(ge=0.0, le=1.0)
     feedback: str = ""
 
+    @field_validator("verdict", mode="before")
+    @classmethod
+    def _verdict_word(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v  # "Correct", " CORRECT "
+
 
 class VerifyResult(BaseModel):
     """Output of the verify step: a per-field verdict plus document-level scores."""

@@ -10,7 +10,7 @@ import pytest
 from extraction.config import LLMConfig
 from extraction.gateway import Gateway, Trace
 from extraction.pipeline import Pipeline, PipelineError, PipelineOptions
-from extraction.schemas import DocumentSchema, FieldSpec, FieldType
+from extraction.schemas import DocumentSchema, FieldSpec, FieldType, FieldVerdict
 from tests.conftest import server_config
 from tests.llmserver import reply, reply_json, responder
 
@@ -125,6 +125,43 @@ def test_evidence_that_is_not_in_the_text_caps_confidence(llm: Any) -> None:
     result, _ = run(llm)
     total = next(f for f in result.fields if f.name == "total")
     assert not total.supported and total.confidence <= 0.5 and total.status == "needs_review"
+
+
+def test_a_verdict_written_in_capitals_is_read() -> None:
+    assert FieldVerdict.model_validate({"verdict": " Correct ", "score": 0.9}).verdict == "correct"
+
+
+def test_an_unusable_verdict_sends_its_field_to_review_and_keeps_the_others(llm: Any) -> None:
+    answer = verdicts()
+    answer["fields"]["total"]["verdict"] = "looks fine to me"
+    llm.script("secondary-model", reply_json(CLASSIFY_OK), reply_json(answer))
+    llm.script("primary-model", reply_json(GOOD))
+    result, trace = run(llm)
+    by_name = {f.name: f for f in result.fields}
+    assert (by_name["total"].status, by_name["total"].verdict) == ("needs_review", "")
+    assert by_name["total"].problem == "the verifier gave no usable verdict"
+    assert [by_name[n].status for n in ("company", "date")] == ["auto_accepted", "auto_accepted"]
+    verify_call = trace.calls[-1]
+    assert (verify_call.step, verify_call.parse_status) == ("verify", "repaired")
+    assert "verdicts_dropped:total" in verify_call.repairs
+
+
+def test_an_unusable_verify_answer_keeps_the_extraction_for_review(llm: Any) -> None:
+    # Before, the document failed (invalid_verification) and its extraction was lost to the reviewers.
+    llm.script("secondary-model", reply_json(CLASSIFY_OK), reply("I checked it all and it looks right."))
+    llm.script("primary-model", reply_json(GOOD))
+    result, trace = run(llm)
+    assert [(f.value, f.status) for f in result.fields] == [
+        ("ACME STORES LTD", "needs_review"),
+        ("2024-03-12", "needs_review"),
+        ("12.50 EUR", "needs_review"),
+    ]
+    assert {f.problem for f in result.fields} == {"the verifier gave no usable verdict"}
+    assert result.verify_score is None
+    assert (trace.calls[-1].parse_status, trace.calls[-1].raw_response) == (
+        "failed",
+        "I checked it all and it looks right.",
+    )
 
 
 def test_the_chain_stops_on_an_invalid_classification(llm: Any) -> None:
