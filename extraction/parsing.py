@@ -36,6 +36,11 @@ __all__ = [
 # The repair path walks the reply in pure Python; a reply far beyond any sane completion size is refused
 # rather than parsed slowly.
 MAX_REPLY_CHARS = 2_000_000
+# json_repair is not linear on every input: 200 000 unclosed "{" took it 18 s, 1.9 M took 170 s, all of it
+# with the worker's event loop blocked. No answer to our schemas nests deeper than a few levels or needs
+# repairing at this size, so deeper or larger candidates are refused (a strictly valid reply is still read).
+MAX_REPAIR_NESTING = 64
+MAX_REPAIR_CHARS = 200_000
 
 # Reasoning models (DeepSeek-R1, Qwen) may prepend their chain of thought, which can contain braces.
 _THINK_BLOCK = re.compile(r"<think(?:ing)?>.*?(?:</think(?:ing)?>|\Z)", re.DOTALL | re.IGNORECASE)
@@ -132,6 +137,7 @@ class _Span:
     start: int
     end: int
     closed: bool
+    depth: int = 0  # the deepest nesting of brackets seen
     comments: bool = False
     single_quotes: bool = False
     python_literals: bool = False
@@ -168,6 +174,8 @@ def _match_object(text: str, start: int) -> _Span:
             continue
         elif c in "{[":
             stack.append(c)
+            if len(stack) > span.depth:
+                span.depth = len(stack)
         elif c in "}]":
             opener = "{" if c == "}" else "["
             # Tolerate a mismatched closer by unwinding to its opener; a stray one is ignored.
@@ -290,6 +298,12 @@ def _parse_json_object(raw: str) -> tuple[dict[str, Any], list[str]]:
             obj = None
         if isinstance(obj, dict):
             return obj, repairs + notes
+        if span.depth > MAX_REPAIR_NESTING or len(candidate) > MAX_REPAIR_CHARS:
+            failures.append(
+                f"not repaired: nested {span.depth} deep in {len(candidate)} characters "
+                f"(limits {MAX_REPAIR_NESTING}, {MAX_REPAIR_CHARS})"
+            )
+            continue
         try:
             repaired_value = json_repair.repair_json(candidate, return_objects=True, skip_json_loads=True)
         except Exception as exc:  # json_repair is heuristic; any failure just means "not this candidate"

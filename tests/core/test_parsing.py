@@ -418,3 +418,26 @@ def test_a_surrogate_pair_escape_is_one_character_and_kept() -> None:
 def test_numbers_beyond_a_float_read_as_null_like_nan(raw: str) -> None:
     obj, _ = parse_json_object(raw)
     assert obj == {"total": None, "items": [None, 2.5], "nested": {"n": None}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("{" * 200_000, "nested 200000 deep"),  # json_repair took 18 s on this, blocking the worker
+        ('{"a": "' + "x, " * 70_000, "nested 1 deep in 210006 characters"),
+    ],
+)
+def test_a_reply_too_deep_or_too_large_to_repair_is_refused_without_trying(
+    raw: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def repair_json(*args: object, **kwargs: object) -> object:
+        raise AssertionError("json_repair must not be run on this")
+
+    monkeypatch.setattr("extraction.parsing.json_repair.repair_json", repair_json)
+    with pytest.raises(ParseError, match=f"not repaired: {why}"):
+        parse_json_object(raw)
+
+
+def test_a_deep_but_valid_reply_is_still_read() -> None:
+    obj, repairs = parse_json_object('{"a":' * 100 + "1" + "}" * 100)
+    assert repairs == [] and list(obj) == ["a"]
