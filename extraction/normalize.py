@@ -183,7 +183,23 @@ def parse_decimal(text: str) -> Decimal:
         value = Decimal(s)
     except InvalidOperation:
         raise _fail_number(text) from None
-    return -value if negative else value
+    return _in_range(-value if negative else value, text)
+
+
+# From 10^25 on, a number is not a count, a quantity or an amount on any document we read, and it would cost:
+# int() of a million-digit Decimal takes half a minute, a float of 10^400 is Infinity (which PostgreSQL's JSON
+# refuses), and money's cents need the magnitude within Decimal's 28 digits.
+MAX_DIGITS = 25
+
+
+def _out_of_range(raw: Any) -> InvalidValue:
+    return InvalidValue(f"Out of range (1e{MAX_DIGITS} or more): {_quote(raw)}")
+
+
+def _in_range(value: Decimal, raw: Any) -> Decimal:
+    if value.is_finite() and value.adjusted() >= MAX_DIGITS:  # adjusted(): the exponent, in O(1)
+        raise _out_of_range(raw)
+    return value
 
 
 def _decimal_of(raw: Any) -> Decimal:
@@ -191,15 +207,17 @@ def _decimal_of(raw: Any) -> Decimal:
     if isinstance(raw, bool):  # bool is an int subclass, but True is not the number 1 to a reviewer
         raise _fail_number(raw)
     if isinstance(raw, int):
+        if abs(raw) >= 10**MAX_DIGITS:  # before Decimal(raw), slow for a huge int
+            raise _out_of_range(raw)
         return Decimal(raw)
     if isinstance(raw, float):
         if not math.isfinite(raw):
             raise _fail_number(raw)
-        return Decimal(repr(raw))
+        return _in_range(Decimal(repr(raw)), raw)
     if isinstance(raw, Decimal):
         if not raw.is_finite():
             raise _fail_number(raw)
-        return raw
+        return _in_range(raw, raw)
     if isinstance(raw, str):
         return parse_decimal(raw)
     raise _fail_number(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -316,3 +317,23 @@ def test_parse_money_exposes_amount_and_currency() -> None:
     assert str(amount) == "1234.50"
     assert currency == "EUR"
     assert parse_money("9.90")[1] is None
+
+
+@pytest.mark.parametrize("kind", [FieldType.NUMBER, FieldType.MONEY])
+@pytest.mark.parametrize(
+    "raw",
+    [1e301, 10**500, "1" * 1_000_000, "9" * 400 + ".5", Decimal("1E+30")],
+    ids=["float 1e301", "int 10^500", "a million digits", "400 digits and a fraction", "Decimal 1E+30"],
+)
+def test_numbers_of_1e25_or_more_are_invalid_not_slow_or_infinite(kind: FieldType, raw: Any) -> None:
+    # Before: int() of the million digits took 27 s, the 400-digit float was Infinity (which PostgreSQL's
+    # JSON refuses), and money raised decimal.InvalidOperation out of the pipeline.
+    with pytest.raises(InvalidValue):
+        normalize(spec(kind), raw)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"), [(FieldType.NUMBER, 10**24), (FieldType.MONEY, f"{10**24}.00")]
+)
+def test_numbers_just_below_1e25_are_kept(kind: FieldType, expected: Any) -> None:
+    assert normalize(spec(kind), 10**24) == expected
