@@ -17,6 +17,7 @@ doubt caps it below every sensible threshold so the field goes to a human.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -55,11 +56,29 @@ def combine_confidence(c: float, verdict: FieldVerdict | None) -> float:
     return min(c, 0.5) * verdict.score
 
 
-def _loose_pattern(quote: str) -> re.Pattern[str] | None:
+# A regex search of the whole text restarts at every occurrence of the quote's first token: 1.2 s for a
+# 199-token quote that is not there, in a 1 MB document of repeated words, with the worker's event loop
+# blocked. So the quote's pattern is tried only around the occurrences of one of its tokens that is rare in
+# the text (every match contains each token); only when all of them are common does the whole text get searched.
+_RARE = 20
+
+
+def _loose_search(text: str, quote: str) -> re.Match[str] | None:
+    """The first match of `quote` in `text`, tolerant of case and whitespace."""
     words = re.findall(r"\w+|[^\w\s]", quote)
     if not words or len(words) > 200:
         return None
-    return re.compile(r"\s*".join(re.escape(w) for w in words), re.I)
+    pattern = re.compile(r"\s*".join(re.escape(w) for w in words), re.I)
+    reach = 4 * len(quote) + 200  # a match spans the quote's tokens and the text's whitespace between them
+    for word in sorted(set(words), key=len, reverse=True):
+        found = list(itertools.islice(re.finditer(re.escape(word), text, re.I), _RARE + 1))
+        if len(found) <= _RARE:  # rare enough: search only around it (none at all: the quote is not there)
+            for hit in found:
+                m = pattern.search(text, max(0, hit.start() - reach), hit.end() + reach)
+                if m:
+                    return m
+            return None
+    return pattern.search(text)
 
 
 def locate(text: str, quote: str | None, hint: int | None = None) -> Evidence | None:
@@ -76,8 +95,7 @@ def locate(text: str, quote: str | None, hint: int | None = None) -> Evidence | 
     if positions:
         best = min(positions, key=lambda p: abs(p - hint)) if hint is not None else positions[0]
         return Evidence(start=best, end=best + len(quote), text=quote)
-    pattern = _loose_pattern(quote)
-    m = pattern.search(text) if pattern else None
+    m = _loose_search(text, quote)
     if m:
         return Evidence(start=m.start(), end=m.end(), text=m.group(0))
     return None
