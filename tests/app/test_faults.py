@@ -196,6 +196,25 @@ def test_a_model_answering_numbers_beyond_a_float_still_finishes_the_document(
     assert (first.raw_value, first.status) == ([None], "needs_review")
 
 
+def test_a_verifier_answering_prose_leaves_every_field_for_review(
+    make_document: Any, llm_config_file: Any, llm: Any
+) -> None:
+    def answer(body: dict[str, Any]) -> str:
+        text = offline_answer(body["messages"])
+        return "All of it looks right to me." if '"verdict"' in text else text
+
+    llm.default = responder(answer)
+    llm_config_file(classify="primary", verify="primary", retries=0, fallbacks=[])
+    doc = make_document()
+    doc.refresh_from_db()
+    assert doc.status == "needs_review", doc.status_reason
+    fields = FieldValue.objects.filter(document=doc)
+    assert fields.count() == 4 and {f.status for f in fields} == {"needs_review"}
+    assert doc.runs.get().verify_score is None
+    verify = LLMCall.objects.get(document=doc, step="verify")
+    assert (verify.parse_status, verify.raw_response) == ("failed", "All of it looks right to me.")
+
+
 @pytest.mark.parametrize(
     ("data", "name", "outcome"),
     [
