@@ -415,10 +415,10 @@ class Gateway:
         else:
             response = self.router.completion(model=alias, messages=messages, **kwargs)
             text = response.choices[0].message.content or ""
-        if isinstance(text, str):  # (anything else is reported by the parser as not text)
-            text = storable(
-                text
-            )  # a reply with NUL or a lone surrogate is still stored (and parsed), not lost
+        # A reply with NUL or a lone surrogate is still stored (and parsed), not lost. (Anything but text is
+        # reported by the parser as not text.)
+        if isinstance(text, str):
+            text = storable(text)
         record.latency_ms = int((time.perf_counter() - start) * 1000)
         record.raw_response = text
         # What the provider says it ran, cut like any other provider text we keep (the run stores it too).
