@@ -85,7 +85,8 @@ def locate(text: str, quote: str | None, hint: int | None = None) -> Evidence | 
     """Return where `quote` stands in `text` (nearest to `hint`), tolerant of case and whitespace."""
     if not quote:
         return None
-    if hint is not None and text.startswith(quote, hint):
+    # The hint is the model's offset: a negative one would count from the end in str.startswith.
+    if hint is not None and hint >= 0 and text.startswith(quote, hint):
         return Evidence(start=hint, end=hint + len(quote), text=quote)
     positions = []
     i = text.find(quote)

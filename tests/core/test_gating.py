@@ -16,6 +16,13 @@ def test_a_verbatim_quote_is_found_nearest_the_hint() -> None:
     assert evidence is not None and (evidence.start, evidence.end) == (11, 21)
 
 
+@pytest.mark.parametrize("hint", [-8, -100, 10**12])
+def test_a_hint_outside_the_text_is_ignored(hint: int) -> None:
+    # -8 made str.startswith look 8 characters from the end, and Evidence(start=-8) then failed the run.
+    evidence = locate("Total: 5.00 EUR", "5.00 EUR", hint=hint)
+    assert evidence is not None and (evidence.start, evidence.end) == (7, 15)
+
+
 @pytest.mark.parametrize(
     ("text", "quote", "found"),
     [
