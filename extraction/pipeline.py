@@ -209,10 +209,17 @@ class Pipeline:
         try:
             result, repairs = parse_model(completion.text, ClassifyResult)
         except ParseError as exc:
-            _finish(completion.record, trace, "failed", exc.repairs)
-            raise PipelineError(
-                f"classify answer is invalid: {exc}", step="classify", code="invalid_output"
-            ) from exc
+            # Junk in what the pipeline does not act on (language, confidence, reasoning) does not stop it.
+            salvaged, dropped = _salvage_classification(completion.text)
+            if salvaged is None:
+                _finish(completion.record, trace, "failed", exc.repairs)
+                raise PipelineError(
+                    f"classify answer is invalid: {exc}", step="classify", code="invalid_output"
+                ) from exc
+            _finish(
+                completion.record, trace, "repaired", [*exc.repairs, f"fields_dropped:{','.join(dropped)}"]
+            )
+            return salvaged
         _finish(completion.record, trace, "repaired" if repairs else "ok", repairs)
         return result  # type: ignore[return-value]
 
@@ -334,6 +341,20 @@ class Pipeline:
             return salvaged, frozenset(dropped)
         _finish(completion.record, trace, "repaired" if repairs else "ok", repairs)
         return result, frozenset()  # type: ignore[return-value]
+
+
+def _salvage_classification(raw: str) -> tuple[ClassifyResult | None, list[str]]:
+    """The classify answer with only its essential fields (ClassifyResult.ESSENTIAL), and the names of the
+    others it had; None if the essential ones do not validate either."""
+    try:
+        obj, _ = parse_json_object(raw)
+    except ParseError:
+        return None, []
+    try:
+        result = ClassifyResult.model_validate({k: obj[k] for k in ClassifyResult.ESSENTIAL if k in obj})
+    except ValidationError:
+        return None, []
+    return result, sorted(k for k in obj if k not in ClassifyResult.ESSENTIAL)
 
 
 def _salvage_verdicts(raw: str) -> tuple[VerifyResult | None, list[str]]:

@@ -6,8 +6,9 @@ models built here, so the model never chooses which fields exist.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
@@ -75,6 +76,8 @@ class ExtractedField(BaseModel):
             f = float(v)
         except (TypeError, ValueError):
             return 0.0
+        if not math.isfinite(f):  # "Infinity" is not a very sure model: it is junk
+            return 0.0
         if f > 1.0 and f <= 100.0:  # some models answer in percent
             f = f / 100.0
         return min(max(f, 0.0), 1.0)
@@ -101,8 +104,11 @@ class ClassifyResult(BaseModel):
     document_type: str | None = None
     matches_declared_type: bool
     language: str = "und"
-    confidence: float = Field(ge=0.0, le=1.0)
+    confidence: float = Field(default=0.0, ge=0.0, le=1.0)
     reasoning: str = ""
+
+    # What the pipeline acts on; the rest may be dropped from an answer that does not validate otherwise.
+    ESSENTIAL: ClassVar[tuple[str, ...]] = ("is_document", "document_type", "matches_declared_type")
 
 
 class FieldVerdict(BaseModel):

@@ -441,3 +441,8 @@ def test_a_reply_too_deep_or_too_large_to_repair_is_refused_without_trying(
 def test_a_deep_but_valid_reply_is_still_read() -> None:
     obj, repairs = parse_json_object('{"a":' * 100 + "1" + "}" * 100)
     assert repairs == [] and list(obj) == ["a"]
+
+
+@pytest.mark.parametrize("confidence", ["Infinity", "1e400", "NaN", float("inf")])
+def test_a_confidence_that_is_not_a_finite_number_is_zero_not_certainty(confidence: object) -> None:
+    assert ExtractedField.model_validate({"value": "x", "confidence": confidence}).confidence == 0.0

@@ -172,6 +172,18 @@ def test_the_chain_stops_on_an_invalid_classification(llm: Any) -> None:
     assert llm.requests_for("primary-model") == []  # extract never ran
 
 
+def test_junk_beside_the_classification_does_not_stop_the_chain(llm: Any) -> None:
+    junk = {**CLASSIFY_OK, "language": ["en"], "confidence": "very", "reasoning": {"why": "it is"}}
+    llm.script("secondary-model", reply_json(junk), reply_json(verdicts()))
+    llm.script("primary-model", reply_json(GOOD))
+    result, trace = run(llm)
+    assert result.classification is not None and result.classification.matches_declared_type
+    assert (result.classification.language, result.classification.confidence) == ("und", 0.0)
+    assert trace.calls[0].parse_status == "repaired"
+    assert "fields_dropped:confidence,language,reasoning" in trace.calls[0].repairs
+    assert [f.status for f in result.fields] == ["auto_accepted"] * 3
+
+
 def test_not_a_document_stops_the_chain(llm: Any) -> None:
     llm.script(
         "secondary-model", reply_json({**CLASSIFY_OK, "is_document": False, "reasoning": "random bytes"})
