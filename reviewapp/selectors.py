@@ -200,6 +200,12 @@ def queue_candidates(
     return sorted((row for part in parts for row in part), key=lambda r: (not r[1], *r[2:]))[:n]
 
 
+def lease_free(user: Any, now: Any) -> Q:
+    """Fields nobody else holds a live review lease on: unclaimed, lease expired, or `user`'s own (a user or
+    its id)."""
+    return Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
+
+
 def _claim_candidates(
     *,
     ids: list[int],
@@ -215,9 +221,8 @@ def _claim_candidates(
     open_ = _open_in(ids, filters, since)
     if skip:
         open_ = open_.exclude(pk__in=skip)
-    free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user_id)
     held_qs = open_.filter(claimed_by=user_id, claim_expires_at__gte=now) if held else None
-    return queue_candidates(open_.filter(free), ids, queue_order(filters), held=held_qs)
+    return queue_candidates(open_.filter(lease_free(user_id, now)), ids, queue_order(filters), held=held_qs)
 
 
 def _stand_in_filters(
@@ -314,8 +319,12 @@ CLAIM_ONLY = (
 )
 
 
+def _as_shown(qs: QuerySet[FieldValue]) -> QuerySet[FieldValue]:
+    return qs.select_related(*CLAIM_RELATED).only(*CLAIM_ONLY)
+
+
 def claimed() -> QuerySet[FieldValue]:
-    return FieldValue.objects.select_related(*CLAIM_RELATED).only(*CLAIM_ONLY)
+    return _as_shown(FieldValue.objects.all())
 
 
 def _claimed_by_pk(si: Any) -> QuerySet[FieldValue]:
@@ -346,7 +355,7 @@ def _held_by(
     if n_skip:
         open_ = open_.exclude(pk__in=[si.int(f"skip{i}") for i in range(n_skip)])
     held = open_.filter(claimed_by=si.int("user"), claim_expires_at__gte=si.datetime("now"))
-    return held.select_related(*CLAIM_RELATED).only(*CLAIM_ONLY).order_by(*queue_order(filters))[:1]
+    return _as_shown(held).order_by(*queue_order(filters))[:1]
 
 
 def held_field(

@@ -55,6 +55,7 @@ from .models import (
 from .selectors import (
     claimed_field,
     held_field,
+    lease_free,
     queue_counts_decided,
     workspace_ids,
 )
@@ -724,8 +725,9 @@ def _claim_statement(vendor: str) -> tuple[str, tuple[tuple[str | None, Any], ..
 
 def _claimable(pk: Any, user_id: Any, now: Any) -> Any:
     """The open field `pk` if nobody else holds a live lease on it."""
-    free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user_id)
-    return FieldValue.objects.filter(Q(pk=pk) & Q(status=FieldValue.Status.NEEDS_REVIEW) & free)
+    return FieldValue.objects.filter(
+        Q(pk=pk) & Q(status=FieldValue.Status.NEEDS_REVIEW) & lease_free(user_id, now)
+    )
 
 
 def _claim_update(pk: int, user_id: Any, now: Any, expires: Any) -> int:
@@ -795,7 +797,7 @@ def queue_claim_next(
     expires = now + timedelta(seconds=lease_seconds)
     if prefer is not None:
         # Going back (k) to a field skipped earlier takes it again, if nobody else took it meanwhile.
-        free = Q(claimed_by__isnull=True) | Q(claim_expires_at__lt=now) | Q(claimed_by=user)
+        free = lease_free(user, now)
         open_ = open_fields(user, filters)
         if skip:
             open_ = open_.exclude(pk__in=skip)
