@@ -17,7 +17,8 @@ What it does, in order (every phase uses the same scripted server process):
    same concurrency and process layout, with no Django, Celery or database.
 4. Celery: starts --processes `celery -A reviewapp worker --pool=threads --concurrency=C/P` processes on a private
    queue, warms them up with --warmup documents, bulk-inserts --documents queued documents (the 18 samples in
-   turn), publishes one extract_document task each, and times first publish -> last document terminal (the
+   turn), queues them as a bulk import is queued (services.enqueue_extractions: --batch documents to a task
+   message, 8 by default; --batch 1 sends one extract_document each, as single uploads are), and times first publish -> last document terminal (the
    largest Document.updated_at). Worker, server, PostgreSQL and machine CPU are read from /proc around it.
    Calls per document are counted from the LLMCall rows.
 5. Profile: the same extraction_execute, in this process, one document at a time with the server answering at
@@ -252,13 +253,16 @@ class Corpus:
         return [d.pk for d in Document.objects.bulk_create(rows, batch_size=500)]
 
 
-def publish(ids: list[int]) -> None:
-    from extraction.tasks import extract_document
-    from reviewapp.celery import app
+def publish(ids: list[int], batch: int) -> None:
+    """Queue the documents as the app queues a bulk import: services.enqueue_extractions, `batch` documents
+    to a task message (REVIEWAPP_EXTRACT_BATCH; 1 sends one extract_document per document, as single
+    uploads do)."""
+    from django.conf import settings
 
-    with app.producer_or_acquire() as producer:
-        for pk in ids:
-            extract_document.apply_async((pk,), producer=producer)
+    from reviewapp import services
+
+    settings.REVIEWAPP_EXTRACT_BATCH = batch
+    services.enqueue_extractions(ids)  # outside a transaction: sent at once
 
 
 def wait_terminal(ids: list[int], timeout: float, poll: float = 0.25) -> float:
@@ -388,7 +392,7 @@ def celery_run(
         workers.wait_ready()
         if args.warmup:
             warm = corpus.create(workspace, args.warmup)
-            publish(warm)
+            publish(warm, args.batch)
             wait_terminal(warm, timeout=300)
         ids = corpus.create(workspace, args.documents, offset=args.warmup)
         meter = CpuMeter(
@@ -404,7 +408,7 @@ def celery_run(
         server.reset()
         meter.start()
         t0_wall, t0 = time.time(), time.monotonic()
-        publish(ids)
+        publish(ids, args.batch)
         published = time.monotonic() - t0
         seen = wait_terminal(ids, timeout=max(600.0, args.documents * 0.5)) - t0
         cpu = meter.stop()
@@ -434,6 +438,7 @@ def celery_run(
         "processes": args.processes,
         "threads_per_process": threads,
         "pool": args.pool,
+        "batch": args.batch,
         "concurrency": threads * args.processes,
         "conn_max_age": args.conn_max_age,
         "wall_s": wall,
@@ -772,6 +777,7 @@ def report(result: dict[str, Any], delay: float) -> str:
         lines.append(
             f"Celery: {c['documents']} documents, {c['processes']} x {c['threads_per_process']} "
             f"{'greenlets' if c.get('pool') == 'gevent' else 'threads'}, "
+            f"{c.get('batch', 1)} documents per task message, "
             f"CONN_MAX_AGE={c['conn_max_age']}: {c['wall_s']:.1f} s -> {c['documents_per_s']:.2f} documents/s "
             f"(publish {c['publish_s']:.1f} s; statuses {c['statuses']})"
         )
@@ -870,6 +876,13 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.2, help="the scripted server's answer time, seconds")
     parser.add_argument("--conn-max-age", type=int, default=60, help="DB_CONN_MAX_AGE for the workers")
     parser.add_argument("--warmup", type=int, default=64, help="documents through the workers before timing")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="documents per task message, as REVIEWAPP_EXTRACT_BATCH (the default) sends a bulk import; 1 = one "
+        "extract_document per document, as single uploads are sent",
+    )
     parser.add_argument("--profile-docs", type=int, default=150)
     parser.add_argument("--log-level", default="INFO", help="the workers' LOG_LEVEL and --loglevel")
     parser.add_argument(

@@ -7,10 +7,13 @@ never shows half a run.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -92,10 +95,53 @@ def check_broker(timeout: float = 2.0) -> None:
 
 
 def enqueue_extraction(document_id: int) -> None:
-    """Queue the extraction once the surrounding transaction commits (the worker must see the row)."""
-    from extraction.tasks import extract_document
+    """Queue the extraction once the surrounding transaction commits (the worker must see the row).
 
-    transaction.on_commit(lambda: extract_document.delay(document_id))
+    Inside `extraction_batch()` the document joins the batch instead, sent when the block ends.
+    """
+    batch = _batch.get()
+    if batch is not None:
+        transaction.on_commit(lambda: batch.append(document_id))
+        return
+    enqueue_extractions([document_id])
+
+
+def enqueue_extractions(document_ids: list[int]) -> None:
+    """Queue the extraction of several documents once the surrounding transaction commits: one task message
+    per REVIEWAPP_EXTRACT_BATCH documents (extract_documents), a lone document as extract_document."""
+    from extraction.tasks import extract_document, extract_documents
+
+    ids = list(document_ids)
+    size = settings.REVIEWAPP_EXTRACT_BATCH
+
+    def send() -> None:
+        for i in range(0, len(ids), size):
+            chunk = ids[i : i + size]
+            if len(chunk) == 1:
+                extract_document.delay(chunk[0])
+            else:
+                extract_documents.delay(chunk)
+
+    if ids:
+        transaction.on_commit(send)
+
+
+_batch: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("extraction_batch", default=None)
+
+
+@contextlib.contextmanager
+def extraction_batch() -> Iterator[list[int]]:
+    """Collect the documents queued inside the block (each once its transaction commits) and send them
+    together when it ends: a bulk import's documents share task messages (enqueue_extractions). A block that
+    raises still sends what was committed: those documents exist and must not wait for the watchdog."""
+    ids: list[int] = []
+    token = _batch.set(ids)
+    try:
+        yield ids
+    finally:
+        _batch.reset(token)
+        # After the commits the block's own on_commit callbacks wait for (they run in order), if any.
+        transaction.on_commit(lambda: enqueue_extractions(ids))
 
 
 def document_create(
@@ -513,26 +559,27 @@ def requeue_stuck(*, older_than: timedelta) -> dict[str, int]:
         | Q(status=Status.QUEUED, updated_at__lt=now - older_than)
     ).values_list("pk", "deliveries", "status")
     requeued = failed = 0
-    for pk, deliveries, status in stuck:
-        if deliveries >= settings.REVIEWAPP_MAX_DELIVERIES:
-            if Document.objects.filter(pk=pk, status=status).update(
-                status=Status.FAILED,
-                status_reason=f"stuck: gave up after {deliveries} deliveries",
-                updated_at=now,
-            ):
-                failed += 1
-                webhooks.emit(pk, "document.failed")
-            continue
-        with transaction.atomic():
-            if Document.objects.filter(pk=pk, status=status).update(
-                status=Status.QUEUED,
-                claim_token="",
-                claimed_at=None,
-                updated_at=now,
-                status_reason=f"re-queued by the watchdog after {older_than}",
-            ):
-                enqueue_extraction(pk)
-                requeued += 1
+    with extraction_batch():  # the re-queued documents share task messages
+        for pk, deliveries, status in stuck:
+            if deliveries >= settings.REVIEWAPP_MAX_DELIVERIES:
+                if Document.objects.filter(pk=pk, status=status).update(
+                    status=Status.FAILED,
+                    status_reason=f"stuck: gave up after {deliveries} deliveries",
+                    updated_at=now,
+                ):
+                    failed += 1
+                    webhooks.emit(pk, "document.failed")
+                continue
+            with transaction.atomic():
+                if Document.objects.filter(pk=pk, status=status).update(
+                    status=Status.QUEUED,
+                    claim_token="",
+                    claimed_at=None,
+                    updated_at=now,
+                    status_reason=f"re-queued by the watchdog after {older_than}",
+                ):
+                    enqueue_extraction(pk)
+                    requeued += 1
     return {"requeued": requeued, "failed": failed}
 
 

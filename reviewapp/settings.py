@@ -277,6 +277,10 @@ REVIEWAPP_MAX_DELIVERIES = env_int("REVIEWAPP_MAX_DELIVERIES", 3)
 REVIEWAPP_RESULT_BATCH_MS = env_int("REVIEWAPP_RESULT_BATCH_MS", 25)
 # The same for claims: a task's claim waits this long for others of its process to share its statement.
 REVIEWAPP_CLAIM_BATCH_MS = env_int("REVIEWAPP_CLAIM_BATCH_MS", 5)
+# Documents queued together (a bulk import, `extract` with many files, the watchdog) travel this many to a
+# task message (extraction.tasks.extract_documents): one message, claim and ack for several documents. A
+# gevent worker runs a message's documents side by side, never more at once than its --concurrency.
+REVIEWAPP_EXTRACT_BATCH = max(1, env_int("REVIEWAPP_EXTRACT_BATCH", 8))
 # Workers freeze their start-up heap and collect young garbage every this many allocations (extraction/heap.py);
 # 0 freezes but keeps CPython's threshold, -1 leaves the garbage collector alone.
 WORKER_GC_THRESHOLD = env_int("WORKER_GC_THRESHOLD", DEFAULT_GC_THRESHOLD0)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +36,7 @@ def database_url() -> str:
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-def start_worker(queue: str, broker: str, **extra_env: str) -> subprocess.Popen[bytes]:
+def start_worker(queue: str, broker: str, concurrency: int = 4, **extra_env: str) -> subprocess.Popen[bytes]:
     env = {
         **extra_env,
         **os.environ,
@@ -54,7 +56,7 @@ def start_worker(queue: str, broker: str, **extra_env: str) -> subprocess.Popen[
             "reviewapp",
             "worker",
             "--pool=gevent",
-            "--concurrency=4",
+            f"--concurrency={concurrency}",
             "--without-mingle",
             "--without-gossip",
             "--loglevel=INFO",
@@ -152,27 +154,30 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("batched", [False, True], ids=["a message per document", "3 documents a message"])
 def test_a_worker_killed_mid_extraction_loses_and_duplicates_nothing(
-    workspace: Any, receipt_type: Any, settings: Any, llm: Any, tmp_path: Path
+    workspace: Any, receipt_type: Any, settings: Any, llm: Any, tmp_path: Path, batched: bool
 ) -> None:
     broker = os.environ.get("CELERY_BROKER_URL", "")
     if not broker.startswith("redis://"):
         pytest.skip("needs CELERY_BROKER_URL=redis://… (make test sets it)")
     # The model answers like the offline model but takes its time, so the kill lands mid-extraction.
     queue, env = slow_model_queue(llm, tmp_path, delay=1.0)
+    settings.REVIEWAPP_EXTRACT_BATCH = 3
     first = start_worker(queue, broker, **env)
     second = None
     try:
-        docs = [
-            services.document_create(
-                workspace=workspace,
-                document_type=receipt_type,
-                user=None,
-                data=(RECEIPT + f"\nref {i}").encode(),
-                filename=f"k{i}.txt",
-            ).document
-            for i in range(6)
-        ]
+        with services.extraction_batch() if batched else contextlib.nullcontext():
+            docs = [
+                services.document_create(
+                    workspace=workspace,
+                    document_type=receipt_type,
+                    user=None,
+                    data=(RECEIPT + f"\nref {i}").encode(),
+                    filename=f"k{i}.txt",
+                ).document
+                for i in range(6)
+            ]
         ids = [d.pk for d in docs]
         wait_until(
             lambda: Document.objects.filter(pk__in=ids, status="extracting").count() >= 2,
@@ -197,6 +202,104 @@ def test_a_worker_killed_mid_extraction_loses_and_duplicates_nothing(
         assert runs.count("succeeded") == 1, (doc.pk, runs)  # exactly one completed run: no duplicate
         assert FieldValue.objects.filter(document=doc).count() == 4
         assert "running" not in runs  # a dead worker's run stored nothing, or was closed (abandoned)
+        token = doc.runs.get(status="succeeded").task_id
+        assert token.endswith(f":{doc.pk}") == batched, token  # it came the way it was sent
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_gevent_worker_runs_a_messages_documents_side_by_side_within_its_concurrency(
+    workspace: Any, receipt_type: Any, settings: Any, llm: Any, tmp_path: Path
+) -> None:
+    broker = os.environ.get("CELERY_BROKER_URL", "")
+    if not broker.startswith("redis://"):
+        pytest.skip("needs CELERY_BROKER_URL=redis://… (make test sets it)")
+    queue, env = slow_model_queue(llm, tmp_path, delay=0.0)
+    lock = threading.Lock()
+    inflight = {"now": 0, "max": 0}
+
+    def counted(body: dict[str, Any]) -> Any:  # the scripted server answers each request in its own thread
+        with lock:
+            inflight["now"] += 1
+            inflight["max"] = max(inflight["max"], inflight["now"])
+        try:
+            time.sleep(0.4)
+            return offline_answer(body["messages"])
+        finally:
+            with lock:
+                inflight["now"] -= 1
+
+    llm.default = responder(counted)
+    settings.REVIEWAPP_EXTRACT_BATCH = 8
+    proc = start_worker(queue, broker, concurrency=3, **env)
+    try:
+        with services.extraction_batch():
+            ids = [
+                services.document_create(
+                    workspace=workspace,
+                    document_type=receipt_type,
+                    user=None,
+                    data=(RECEIPT + f"\nref s{i}").encode(),
+                    filename=f"s{i}.txt",
+                ).document.pk
+                for i in range(8)
+            ]
+        wait_until(
+            lambda: all(d.is_terminal for d in Document.objects.filter(pk__in=ids)),
+            120,
+            "every document to finish",
+        )
+    finally:
+        stop_workers(proc)
+    # One message carried them all; its documents ran side by side, never more than the worker's concurrency.
+    assert inflight["max"] == 3, inflight
+    tokens = set()
+    for doc in Document.objects.filter(pk__in=ids):
+        assert doc.status in ("needs_review", "auto_accepted"), (doc.pk, doc.status, doc.status_reason)
+        message, _, pk = doc.runs.get().task_id.rpartition(":")
+        assert pk == str(doc.pk)
+        tokens.add(message)
+    assert len(tokens) == 1
+    uuid.UUID(tokens.pop())  # the task id Celery gave the message
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_each_document_of_a_message_has_the_soft_time_limit_to_itself(
+    workspace: Any, receipt_type: Any, settings: Any, llm: Any, tmp_path: Path
+) -> None:
+    broker = os.environ.get("CELERY_BROKER_URL", "")
+    if not broker.startswith("redis://"):
+        pytest.skip("needs CELERY_BROKER_URL=redis://… (make test sets it)")
+    # Each call takes 1 s; a document needs three: past the 2 s limit, mid-call.
+    queue, env = slow_model_queue(llm, tmp_path, delay=1.0)
+    settings.REVIEWAPP_EXTRACT_BATCH = 2
+    proc = start_worker(queue, broker, CELERY_TASK_SOFT_TIME_LIMIT="2", **env)
+    try:
+        with services.extraction_batch():
+            ids = [
+                services.document_create(
+                    workspace=workspace,
+                    document_type=receipt_type,
+                    user=None,
+                    data=(RECEIPT + f"\nref t{i}").encode(),
+                    filename=f"t{i}.txt",
+                ).document.pk
+                for i in range(2)
+            ]
+        wait_until(
+            lambda: all(d.is_terminal for d in Document.objects.filter(pk__in=ids)),
+            60,
+            "both documents to end",
+        )
+    finally:
+        stop_workers(proc)
+    for doc in Document.objects.filter(pk__in=ids):
+        assert doc.status == "failed", (doc.status, doc.status_reason)
+        assert doc.status_reason == "timeout: extraction took longer than the time limit"
+        run = doc.runs.get()
+        assert run.status == "failed" and run.error_code == "timeout"
+        assert run.calls.exists()  # the calls made before the limit are kept: the trace of a slow model
 
 
 @pytest.mark.parametrize("asyncio_first", [False, True])

@@ -55,7 +55,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **o: Any) -> None:
         start_inprocess_worker()
         if o["retry"]:
-            docs = [services.document_retry(document=Document.objects.get(pk=pk)) for pk in o["retry"]]
+            with services.extraction_batch():
+                docs = [services.document_retry(document=Document.objects.get(pk=pk)) for pk in o["retry"]]
         else:
             docs = self._create(o)
         if o["wait"]:
@@ -80,23 +81,24 @@ class Command(BaseCommand):
             raise CommandError(f"unknown document type {o['type_slug']!r}; known: {known}") from None
         workspace = self._workspace(o["workspace"])
         docs = []
-        for raw in o["paths"]:
-            path = Path(raw)
-            if not path.is_file():
-                raise CommandError(f"{path}: no such file")
-            try:
-                created = services.document_create(
-                    workspace=workspace,
-                    document_type=doc_type,
-                    user=None,
-                    data=path.read_bytes(),
-                    filename=path.name,
-                    content_type=mimetypes.guess_type(path.name)[0],
-                )
-            except UploadRejected as exc:
-                self.stderr.write(f"{path}: rejected ({exc.code}): {exc.message}")
-                continue
-            docs.append(created.document)
+        with services.extraction_batch():  # the files share task messages (REVIEWAPP_EXTRACT_BATCH)
+            for raw in o["paths"]:
+                path = Path(raw)
+                if not path.is_file():
+                    raise CommandError(f"{path}: no such file")
+                try:
+                    created = services.document_create(
+                        workspace=workspace,
+                        document_type=doc_type,
+                        user=None,
+                        data=path.read_bytes(),
+                        filename=path.name,
+                        content_type=mimetypes.guess_type(path.name)[0],
+                    )
+                except UploadRejected as exc:
+                    self.stderr.write(f"{path}: rejected ({exc.code}): {exc.message}")
+                    continue
+                docs.append(created.document)
         if not docs:
             raise CommandError("no document was accepted")
         return docs
