@@ -138,6 +138,67 @@ class DocumentTextIn(serializers.Serializer):
     filename = serializers.CharField(required=False, max_length=200)
 
 
+BATCH_MAX_DOCUMENTS = 100
+
+
+class DocumentBatchItemIn(serializers.Serializer):
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    filename = serializers.CharField(required=False, max_length=200)
+
+
+class DocumentBatchTextIn(serializers.Serializer):
+    """The JSON form of a batch upload: the documents' texts."""
+
+    document_type = serializers.SlugField(help_text="Slug of the document type of every document.")
+    workspace = serializers.SlugField(
+        required=False, help_text="Needed only when you belong to several workspaces."
+    )
+    documents = serializers.ListField(
+        child=DocumentBatchItemIn(), min_length=1, max_length=BATCH_MAX_DOCUMENTS
+    )
+
+
+class DocumentBatchFilesIn(serializers.Serializer):
+    """The multipart form of a batch upload: one `file` part per document."""
+
+    document_type = serializers.SlugField(help_text="Slug of the document type of every document.")
+    workspace = serializers.SlugField(
+        required=False, help_text="Needed only when you belong to several workspaces."
+    )
+    file = serializers.ListField(child=serializers.FileField(), min_length=1, max_length=BATCH_MAX_DOCUMENTS)
+
+
+class DocumentBatchIn(serializers.Serializer):
+    """What the batch upload accepts in either form (DocumentBatchTextIn, DocumentBatchFilesIn)."""
+
+    document_type = serializers.SlugField()
+    workspace = serializers.SlugField(required=False)
+    documents = serializers.ListField(
+        child=DocumentBatchItemIn(), required=False, max_length=BATCH_MAX_DOCUMENTS
+    )
+    file = serializers.ListField(
+        child=serializers.FileField(), required=False, max_length=BATCH_MAX_DOCUMENTS
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if bool(attrs.get("documents")) == bool(attrs.get("file")):
+            raise serializers.ValidationError(
+                f"Send 1 to {BATCH_MAX_DOCUMENTS} `documents` (JSON) or `file` parts (multipart), not both."
+            )
+        return attrs
+
+
+class DocumentRejectedOut(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Its position in the request, from 0.")
+    filename = serializers.CharField()
+    error = ErrorDetail()
+
+
+class DocumentBatchOut(serializers.Serializer):
+    documents = DocumentCreatedOut(many=True, help_text="The documents stored and queued, in request order.")
+    rejected = DocumentRejectedOut(many=True, help_text="The documents refused (empty, binary, too large …).")
+
+
 class DocumentFilterIn(serializers.Serializer):
     status = serializers.ChoiceField(choices=Document.Status.choices, required=False)
     document_type = serializers.SlugField(required=False, help_text="Slug of the document type.")

@@ -19,6 +19,7 @@ def not_found(request: HttpRequest) -> JsonResponse:
 
 urlpatterns = [
     path("documents/", _open(views.DocumentListCreate.as_view()), name="api-documents"),
+    path("documents/batch/", _open(views.DocumentBatchCreate.as_view()), name="api-documents-batch"),
     path("documents/<int:pk>/", _open(views.DocumentDetail.as_view()), name="api-document"),
     path("documents/<int:pk>/retry/", _open(views.DocumentRetry.as_view()), name="api-document-retry"),
     path("documents/<int:pk>/fields/", _open(views.DocumentFields.as_view()), name="api-document-fields"),

@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import selectors, services, webhooks
-from ..errors import NotFound, ReviewAppError
+from ..errors import NotFound, ReviewAppError, UploadRejected
 from ..models import (
     ApiKey,
     Document,
@@ -35,11 +35,16 @@ from .auth import IsStaffUser, NoApiKey
 from .idempotency import idempotent
 from .keys import api_key_create, api_key_revoke
 from .serializers import (
+    BATCH_MAX_DOCUMENTS,
     ApiKeyCreatedOut,
     ApiKeyIn,
     ApiKeyOut,
     CallOut,
     DecisionIn,
+    DocumentBatchFilesIn,
+    DocumentBatchIn,
+    DocumentBatchOut,
+    DocumentBatchTextIn,
     DocumentCreatedOut,
     DocumentFilterIn,
     DocumentIn,
@@ -268,6 +273,75 @@ class DocumentListCreate(generics.ListCreateAPIView):
         document = created.document
         document.duplicate_of = created.duplicate_of.pk if created.duplicate_of else None
         return Response(DocumentCreatedOut(document).data, status=status.HTTP_201_CREATED)
+
+
+class DocumentBatchCreate(APIView):
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    @extend_schema(
+        summary="Upload several documents",
+        description=f"Up to {BATCH_MAX_DOCUMENTS} documents of one type: JSON with `documents` (texts), or "
+        "multipart with one `file` part per document. Each is checked and stored on its own: the refused "
+        "ones are listed in `rejected` with the reason, the others are created and queued together, "
+        "several to a task message (cheaper for the workers than one upload each). 201 when at least one "
+        "was created; 400 `all_rejected` when none was.",
+        parameters=[IDEMPOTENCY_KEY],
+        request={"application/json": DocumentBatchTextIn, "multipart/form-data": DocumentBatchFilesIn},
+        responses={201: DocumentBatchOut, 400: ErrorOut},
+        examples=[
+            _example(
+                "texts",
+                {"document_type": "receipt", "documents": [{"text": "TOTAL RM 23.10", "filename": "a.txt"}]},
+                request=True,
+            ),
+        ],
+    )
+    def post(self, request: Request) -> Response:
+        return idempotent(request, lambda: self._create(request))
+
+    def _create(self, request: Request) -> Response:
+        data = DocumentBatchIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        doc_type = DocumentType.objects.filter(slug=v["document_type"]).first()
+        if doc_type is None:
+            raise ReviewAppError(
+                f"No document type {v['document_type']!r}.",
+                code="unknown_document_type",
+                details={"document_type": v["document_type"]},
+            )
+        workspace = _workspace(request, v.get("workspace"))
+        if v.get("file"):
+            items = [(f.read(), f.name, f.content_type) for f in v["file"]]
+        else:
+            items = [
+                (d["text"].encode("utf-8"), d.get("filename") or f"text-{i}.txt", "text/plain")
+                for i, d in enumerate(v["documents"])
+            ]
+        created, rejected = [], []
+        with services.extraction_batch():
+            for index, (content, filename, content_type) in enumerate(items):
+                try:
+                    c = services.document_create(
+                        workspace=workspace,
+                        document_type=doc_type,
+                        user=request.user,
+                        data=content,
+                        filename=filename,
+                        content_type=content_type,
+                    )
+                except UploadRejected as exc:
+                    error = {"code": exc.code, "message": exc.message, "details": exc.details}
+                    rejected.append({"index": index, "filename": filename, "error": error})
+                    continue
+                c.document.duplicate_of = c.duplicate_of.pk if c.duplicate_of else None
+                created.append(c.document)
+        if not created:
+            raise ReviewAppError(
+                "No document was accepted.", code="all_rejected", details={"rejected": rejected}
+            )
+        body = DocumentBatchOut({"documents": created, "rejected": rejected}).data
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 @extend_schema_view(
