@@ -382,6 +382,28 @@ class Stack:
         assert response.status_code == 201, (response.status_code, response.text[:500])
         return response.json()["id"]
 
+    def bulk_import(self, texts: list[str]) -> list[int]:
+        """Queue documents as a bulk import does: `manage.py extract` with several files sends one
+        extract_documents message for them (REVIEWAPP_EXTRACT_BATCH, 8). Return their ids."""
+        paths = []
+        for i, text in enumerate(texts):
+            path = self.workdir / f"bulk-{len(self.timeline)}-{i}.txt"
+            path.write_text(text)
+            paths.append(str(path))
+        done = subprocess.run(
+            [sys.executable, "manage.py", "extract", "--type", "receipt", "--workspace", "acme", *paths],
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        ids = [int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("document ")]
+        assert len(ids) == len(texts), done.stdout
+        self.mark(f"bulk import queued {ids}")
+        return ids
+
     def send_task(self, name: str, *args: Any) -> None:
         """Publish a task the way celery beat does (the watchdog runs in the worker, with its settings)."""
         from celery import Celery

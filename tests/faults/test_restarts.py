@@ -178,6 +178,8 @@ def test_database_restart_refuses_uploads_and_processes_queued_documents_after(
     stack.wait_terminal([warm])  # gunicorn and the worker now hold pooled connections (CONN_MAX_AGE 60)
 
     queued = [stack.upload_ok(RECEIPT + f"\nref d{i}") for i in range(6)]
+    bulk = stack.bulk_import([RECEIPT + f"\nref bulk {i}" for i in range(4)])  # one 4-document message
+    queued += bulk
     wait_until(
         lambda: "extracting" in stack.statuses(queued).values(),
         60,
@@ -233,14 +235,24 @@ def test_database_restart_refuses_uploads_and_processes_queued_documents_after(
     traced = stack.sql("SELECT count(*) FROM reviewapp_llmcall WHERE parse_status <> 'not_sent'")[0][0]
     stack.mark(f"model calls sent: {sent}, stored as LLMCall: {traced}")  # a call ending in the outage
     assert_processed_once(stack, [warm, *queued, fresh[0], fresh[1], fresh[2]])
+    tokens = stack.sql(
+        "SELECT document_id, task_id FROM reviewapp_extractionrun WHERE document_id = ANY(%s)"
+        " AND status = 'succeeded'",
+        bulk,
+    )
+    assert len(tokens) == 4, tokens
+    if not set(bulk) & set(stranded):  # (the watchdog sends what it re-queues in a message of its own)
+        # One message, retried with the same task id if the outage stopped some of its documents.
+        assert all(task_id.endswith(f":{pk}") for pk, task_id in tokens), tokens
+        assert len({task_id.rpartition(":")[0] for _, task_id in tokens}) == 1, tokens
     for pk, status in stranded.items():
         if status == "extracting":  # in flight when the database went: no run of it is left running
             assert "running" not in stack.runs(pk), (pk, stack.runs(pk))
-    assert (stack.document_count(), stack.media_count()) == (10, 10)  # the refused uploads left nothing
+    assert (stack.document_count(), stack.media_count()) == (14, 14)  # the refused uploads left nothing
     if stranded:
         assert "raised unexpected: OperationalError" in worker.log()
         pytest.xfail(
-            f"{len(stranded)} of 6 documents queued before the database restart ({stranded}) waited for the "
+            f"{len(stranded)} of 10 documents queued before the database restart ({stranded}) waited for the "
             "watchdog: a job that meets the outage fails and is acked (acks_late only covers a lost worker), "
             "so nothing redelivers it; with the defaults that is REVIEWAPP_STUCK_AFTER_SECONDS = 30 min "
             "(docs/faults.md)"
