@@ -39,7 +39,7 @@ def extract_document(self, document_id: int) -> str:
 
 
 # A message of several documents may wait for slots (_slot) before its last document starts, so its own hard
-# limit covers each document's in turn; each document still has the soft limit to itself (_extract_in_batch).
+# limit covers each document's in turn; each document still has the soft limit to itself (_extract_green).
 @shared_task(
     bind=True,
     acks_late=True,
@@ -64,7 +64,7 @@ def extract_documents(self, document_ids: list[int]) -> dict[str, int]:
         try:
             gevent.joinall(children)
         finally:
-            gevent.killall(children)  # the message's hard limit (or a warm shutdown's kill) ends them too
+            gevent.killall(children)  # the message's hard limit cut the wait: its documents end too
         outcomes = [c.value if c.successful() else "crashed" for c in children]
     else:
         outcomes = [_extract_in_batch(pk, token, green=False) for pk, token in jobs]

@@ -193,6 +193,16 @@ def _workspace(request: Request, slug: str | None) -> Any:
     return allowed.get()
 
 
+def _document_type(slug: str) -> DocumentType:
+    """The type an upload names; an unknown one is a 400 (the request is wrong, not a missing resource)."""
+    doc_type = DocumentType.objects.filter(slug=slug).first()
+    if doc_type is None:
+        raise ReviewAppError(
+            f"No document type {slug!r}.", code="unknown_document_type", details={"document_type": slug}
+        )
+    return doc_type
+
+
 # --- documents -------------------------------------------------------------------------------------------
 @extend_schema_view(
     get=extend_schema(
@@ -254,13 +264,7 @@ class DocumentListCreate(generics.ListCreateAPIView):
         data = DocumentIn(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        doc_type = DocumentType.objects.filter(slug=v["document_type"]).first()
-        if doc_type is None:
-            raise ReviewAppError(
-                f"No document type {v['document_type']!r}.",
-                code="unknown_document_type",
-                details={"document_type": v["document_type"]},
-            )
+        doc_type = _document_type(v["document_type"])
         upload = v.get("file")
         created = services.document_create(
             workspace=_workspace(request, v.get("workspace")),
@@ -303,13 +307,7 @@ class DocumentBatchCreate(APIView):
         data = DocumentBatchIn(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        doc_type = DocumentType.objects.filter(slug=v["document_type"]).first()
-        if doc_type is None:
-            raise ReviewAppError(
-                f"No document type {v['document_type']!r}.",
-                code="unknown_document_type",
-                details={"document_type": v["document_type"]},
-            )
+        doc_type = _document_type(v["document_type"])
         workspace = _workspace(request, v.get("workspace"))
         if v.get("file"):
             items = [(f.read(), f.name, f.content_type) for f in v["file"]]

@@ -22,6 +22,7 @@ from extraction.providers import answer as offline_answer
 from reviewapp import services
 from reviewapp.celery import app as celery_app
 from reviewapp.models import Document, FieldValue
+from tests.app.test_batch_extraction import create
 from tests.conftest import RECEIPT, server_config
 from tests.llmserver import responder
 
@@ -152,6 +153,14 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_terminal(ids: list[int], timeout: float) -> None:
+    wait_until(
+        lambda: all(d.is_terminal for d in Document.objects.filter(pk__in=ids)),
+        timeout,
+        "every document to finish",
+    )
+
+
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("batched", [False, True], ids=["a message per document", "3 documents a message"])
@@ -168,17 +177,7 @@ def test_a_worker_killed_mid_extraction_loses_and_duplicates_nothing(
     second = None
     try:
         with services.extraction_batch() if batched else contextlib.nullcontext():
-            docs = [
-                services.document_create(
-                    workspace=workspace,
-                    document_type=receipt_type,
-                    user=None,
-                    data=(RECEIPT + f"\nref {i}").encode(),
-                    filename=f"k{i}.txt",
-                ).document
-                for i in range(6)
-            ]
-        ids = [d.pk for d in docs]
+            ids = create(workspace, receipt_type, 6, prefix="k")
         wait_until(
             lambda: Document.objects.filter(pk__in=ids, status="extracting").count() >= 2,
             60,
@@ -189,11 +188,7 @@ def test_a_worker_killed_mid_extraction_loses_and_duplicates_nothing(
         killed = list(Document.objects.filter(pk__in=ids, status="extracting").values_list("pk", flat=True))
         assert killed, "the kill should have caught documents mid-extraction"
         second = start_worker(queue, broker, **env)
-        wait_until(
-            lambda: all(d.is_terminal for d in Document.objects.filter(pk__in=ids)),
-            120,
-            "every document to finish",
-        )
+        wait_terminal(ids, 120)
     finally:
         stop_workers(first, second)
     for doc in Document.objects.filter(pk__in=ids):
@@ -234,21 +229,8 @@ def test_a_gevent_worker_runs_a_messages_documents_side_by_side_within_its_concu
     proc = start_worker(queue, broker, concurrency=3, **env)
     try:
         with services.extraction_batch():
-            ids = [
-                services.document_create(
-                    workspace=workspace,
-                    document_type=receipt_type,
-                    user=None,
-                    data=(RECEIPT + f"\nref s{i}").encode(),
-                    filename=f"s{i}.txt",
-                ).document.pk
-                for i in range(8)
-            ]
-        wait_until(
-            lambda: all(d.is_terminal for d in Document.objects.filter(pk__in=ids)),
-            120,
-            "every document to finish",
-        )
+            ids = create(workspace, receipt_type, 8, prefix="s")
+        wait_terminal(ids, 120)
     finally:
         stop_workers(proc)
     # One message carried them all; its documents ran side by side, never more than the worker's concurrency.
@@ -277,21 +259,8 @@ def test_each_document_of_a_message_has_the_soft_time_limit_to_itself(
     proc = start_worker(queue, broker, CELERY_TASK_SOFT_TIME_LIMIT="2", **env)
     try:
         with services.extraction_batch():
-            ids = [
-                services.document_create(
-                    workspace=workspace,
-                    document_type=receipt_type,
-                    user=None,
-                    data=(RECEIPT + f"\nref t{i}").encode(),
-                    filename=f"t{i}.txt",
-                ).document.pk
-                for i in range(2)
-            ]
-        wait_until(
-            lambda: all(d.is_terminal for d in Document.objects.filter(pk__in=ids)),
-            60,
-            "both documents to end",
-        )
+            ids = create(workspace, receipt_type, 2, prefix="t")
+        wait_terminal(ids, 60)
     finally:
         stop_workers(proc)
     for doc in Document.objects.filter(pk__in=ids):
