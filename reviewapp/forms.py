@@ -10,12 +10,30 @@ from .models import DocumentType, Workspace
 from .selectors import workspaces_for
 
 
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    """Several files in one field (Django's documented pattern): cleans to a list, empty when none."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("widget", MultipleFileInput())
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data: Any, initial: Any = None) -> list[Any]:
+        files = data if isinstance(data, list | tuple) else [data]
+        return [f for f in (super(MultipleFileField, self).clean(d, initial) for d in files if d) if f]
+
+
 class UploadForm(forms.Form):
     workspace = forms.ModelChoiceField(queryset=Workspace.objects.none())
     document_type = forms.ModelChoiceField(
         queryset=DocumentType.objects.order_by("name"), to_field_name="slug"
     )
-    file = forms.FileField(required=False, help_text=".txt, .md, .html, .pdf or .eml")
+    file = MultipleFileField(
+        required=False, help_text=".txt, .md, .html, .pdf or .eml; several at once are queued together"
+    )
     text = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 6}), label="…or paste text")
 
     def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
@@ -31,21 +49,20 @@ class UploadForm(forms.Form):
             raise forms.ValidationError("Choose a file or paste some text.")
         return data
 
-    def upload_kwargs(self) -> dict[str, Any]:
+    def uploads(self) -> list[dict[str, Any]]:
+        """document_create's arguments for each file, or for the pasted text."""
         data = self.cleaned_data
-        upload = data.get("file")
-        if upload:
-            return {
-                "workspace": data["workspace"],
-                "document_type": data["document_type"],
-                "data": upload.read(),
-                "filename": upload.name,
-                "content_type": upload.content_type,
+        common = {"workspace": data["workspace"], "document_type": data["document_type"]}
+        if data.get("file"):
+            return [
+                {**common, "data": f.read(), "filename": f.name, "content_type": f.content_type}
+                for f in data["file"]
+            ]
+        return [
+            {
+                **common,
+                "data": data["text"].encode("utf-8"),
+                "filename": "pasted.txt",
+                "content_type": "text/plain",
             }
-        return {
-            "workspace": data["workspace"],
-            "document_type": data["document_type"],
-            "data": data["text"].encode("utf-8"),
-            "filename": "pasted.txt",
-            "content_type": "text/plain",
-        }
+        ]

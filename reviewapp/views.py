@@ -168,16 +168,30 @@ def release(request: HttpRequest, field_id: int) -> HttpResponse:
 def documents(request: HttpRequest) -> HttpResponse:
     form = UploadForm(request.POST or None, request.FILES or None, user=request.user)
     if request.method == "POST" and form.is_valid():
-        try:
-            created = services.document_create(user=request.user, **form.upload_kwargs())
-        except UploadRejected as exc:
-            form.add_error(None, exc.message)
-        else:
-            if created.duplicate_of is not None:
+        uploads = form.uploads()
+        created, refused = [], []
+        with services.extraction_batch():  # several files share task messages
+            for upload in uploads:
+                try:
+                    created.append(services.document_create(user=request.user, **upload))
+                except UploadRejected as exc:
+                    refused.append(
+                        exc.message if len(uploads) == 1 else f"{upload['filename']}: {exc.message}"
+                    )
+        for c in created:
+            if c.duplicate_of is not None:
                 messages.warning(
-                    request, f"Same file as document #{created.duplicate_of.pk}; extracted again anyway."
+                    request,
+                    f"{c.document.filename}: same file as document #{c.duplicate_of.pk}; extracted again anyway.",
                 )
-            return redirect("document", pk=created.document.pk)
+        if created and len(uploads) == 1:
+            return redirect("document", pk=created[0].document.pk)
+        if created:
+            messages.success(request, f"{len(created)} documents queued for extraction.")
+            for reason in refused:
+                messages.error(request, reason)
+            return redirect("documents")
+        form.add_error(None, " ".join(refused))
     status = request.GET.get("status") or None
     docs = selectors.search_documents(request.user, status=status, q=request.GET.get("q"))[:200]
     counts = selectors.document_status_counts(request.user)

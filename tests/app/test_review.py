@@ -10,7 +10,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from reviewapp import services
-from reviewapp.models import FieldValue, ReviewDecision
+from reviewapp.models import Document, FieldValue, ReviewDecision
 from reviewapp.selectors import QueueFilters
 from tests.conftest import client_for
 
@@ -194,6 +194,39 @@ def test_upload_in_the_browser_form(
     response = c.post("/documents/", {"workspace": workspace.pk, "document_type": "receipt", "text": "   "})
     assert response.status_code == 400
     assert "Choose a file or paste some text" in response.content.decode()
+
+
+def test_several_files_in_the_browser_form_are_queued_together_and_bad_ones_named(
+    reviewer: Any, receipt_type: Any, workspace: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.conftest import RECEIPT
+
+    files = [
+        SimpleUploadedFile("a.txt", (RECEIPT + "\nref a").encode(), content_type="text/plain"),
+        SimpleUploadedFile("junk.txt", b"\x00\xff\xfe" * 200, content_type="text/plain"),
+        SimpleUploadedFile("b.txt", (RECEIPT + "\nref b").encode(), content_type="text/plain"),
+    ]
+    c = client_for(reviewer)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = c.post(
+            "/documents/", {"workspace": workspace.pk, "document_type": "receipt", "file": files}, follow=True
+        )
+    assert response.redirect_chain == [("/documents/", 302)]
+    page = response.content.decode()
+    assert "2 documents queued for extraction." in page
+    assert "junk.txt: " in page  # the refused one is named, with its reason
+    docs = list(Document.objects.order_by("pk"))
+    assert [d.filename for d in docs] == ["a.txt", "b.txt"]
+    tokens = [d.runs.get().task_id for d in docs]
+    assert len({t.rpartition(":")[0] for t in tokens}) == 1  # one task message for both
+    assert all(d.status in ("needs_review", "auto_accepted") for d in docs)
+    # All refused: the form says why, and nothing was stored.
+    response = c.post(
+        "/documents/", {"workspace": workspace.pk, "document_type": "receipt", "file": [files[1]]}
+    )
+    assert response.status_code == 400 and Document.objects.count() == 2
 
 
 def test_bulk_accept_accepts_the_selection_and_refuses_stale_ones(

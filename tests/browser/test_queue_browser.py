@@ -201,3 +201,26 @@ def test_bulk_accept_asks_for_confirmation(new_page: Any, make_document: Any, re
     assert FieldValue.objects.filter(pk__in=open_ids, status="accepted").count() == len(open_ids)
     doc.refresh_from_db()
     assert doc.status == "reviewed"
+
+
+def test_several_files_are_uploaded_at_once_from_the_form(
+    new_page: Any, reviewer: Any, receipt_type: Any, tmp_path: Path
+) -> None:
+    from reviewapp.models import Document
+    from tests.conftest import RECEIPT
+
+    paths = []
+    for name in ("one", "two"):
+        path = tmp_path / f"{name}.txt"
+        path.write_text(RECEIPT + f"\nref {name}")
+        paths.append(str(path))
+    page = new_page()
+    login(page, "rita", PASSWORD_OF["rita"])
+    page.goto("/documents/")
+    page.select_option("#id_document_type", "receipt")
+    page.set_input_files("#id_file", paths)  # the input takes several files (multiple)
+    page.click("button:has-text('Upload and extract')")
+    page.wait_for_url("**/documents/")
+    assert "2 documents queued for extraction." in page.inner_text(".messages")
+    assert sorted(Document.objects.values_list("filename", flat=True)) == ["one.txt", "two.txt"]
+    assert page.locator("table.docs a", has_text="one.txt").count() == 1
