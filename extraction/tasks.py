@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -73,10 +74,7 @@ def extract_documents(self, document_ids: list[int]) -> dict[str, int]:
         countdown = min(2**self.request.retries, 60)
         log.warning("documents %s: database unavailable, retry in %ss", retry, countdown)
         raise self.retry(args=(retry,), countdown=countdown, max_retries=30)
-    counts: dict[str, int] = {}
-    for outcome in outcomes:
-        counts[outcome] = counts.get(outcome, 0) + 1
-    return counts
+    return dict(Counter(outcomes))
 
 
 _DB_DOWN = "database unavailable"

@@ -49,20 +49,9 @@ class UploadForm(forms.Form):
             raise forms.ValidationError("Choose a file or paste some text.")
         return data
 
-    def uploads(self) -> list[dict[str, Any]]:
-        """document_create's arguments for each file, or for the pasted text."""
+    def upload_files(self) -> list[tuple[bytes, str, str | None]]:
+        """(data, filename, content type) of each file, or of the pasted text (services.documents_create)."""
         data = self.cleaned_data
-        common = {"workspace": data["workspace"], "document_type": data["document_type"]}
         if data.get("file"):
-            return [
-                {**common, "data": f.read(), "filename": f.name, "content_type": f.content_type}
-                for f in data["file"]
-            ]
-        return [
-            {
-                **common,
-                "data": data["text"].encode("utf-8"),
-                "filename": "pasted.txt",
-                "content_type": "text/plain",
-            }
-        ]
+            return [(f.read(), f.name, f.content_type) for f in data["file"]]
+        return [(data["text"].encode("utf-8"), "pasted.txt", "text/plain")]

@@ -13,7 +13,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -181,6 +181,42 @@ def document_create(
         doc.save()
         enqueue_extraction(doc.pk)
     return Created(doc, duplicate)
+
+
+@dataclass(frozen=True)
+class Refused:
+    index: int  # its position among the files given
+    filename: str
+    error: UploadRejected
+
+
+def documents_create(
+    *,
+    workspace: Workspace,
+    document_type: DocumentType,
+    user: Any,
+    files: Iterable[tuple[bytes, str, str | None]],
+) -> tuple[list[Created], list[Refused]]:
+    """Create several documents of one type from (data, filename, content type), each checked on its own: a
+    refused one is reported and the others go on. The created ones are queued together (several to a task
+    message, extraction_batch). `files` is read one at a time: a generator keeps one file in memory."""
+    created, refused = [], []
+    with extraction_batch():
+        for index, (data, filename, content_type) in enumerate(files):
+            try:
+                created.append(
+                    document_create(
+                        workspace=workspace,
+                        document_type=document_type,
+                        user=user,
+                        data=data,
+                        filename=filename,
+                        content_type=content_type,
+                    )
+                )
+            except UploadRejected as exc:
+                refused.append(Refused(index, filename, exc))
+    return created, refused
 
 
 def document_retry(*, document: Document) -> Document:

@@ -15,7 +15,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from extraction.normalize import display
 
 from . import selectors, services
-from .errors import NotFound, ReviewAppError, UploadRejected
+from .errors import NotFound, ReviewAppError
 from .forms import UploadForm
 from .models import Document, FieldValue
 
@@ -168,30 +168,30 @@ def release(request: HttpRequest, field_id: int) -> HttpResponse:
 def documents(request: HttpRequest) -> HttpResponse:
     form = UploadForm(request.POST or None, request.FILES or None, user=request.user)
     if request.method == "POST" and form.is_valid():
-        uploads = form.uploads()
-        created, refused = [], []
-        with services.extraction_batch():  # several files share task messages
-            for upload in uploads:
-                try:
-                    created.append(services.document_create(user=request.user, **upload))
-                except UploadRejected as exc:
-                    refused.append(
-                        exc.message if len(uploads) == 1 else f"{upload['filename']}: {exc.message}"
-                    )
+        files = form.upload_files()
+        created, refused = services.documents_create(
+            workspace=form.cleaned_data["workspace"],
+            document_type=form.cleaned_data["document_type"],
+            user=request.user,
+            files=files,
+        )
         for c in created:
             if c.duplicate_of is not None:
                 messages.warning(
                     request,
                     f"{c.document.filename}: same file as document #{c.duplicate_of.pk}; extracted again anyway.",
                 )
-        if created and len(uploads) == 1:
+        if created and len(files) == 1:
             return redirect("document", pk=created[0].document.pk)
+        reasons = [
+            r.error.message if len(files) == 1 else f"{r.filename}: {r.error.message}" for r in refused
+        ]
         if created:
             messages.success(request, f"{len(created)} documents queued for extraction.")
-            for reason in refused:
+            for reason in reasons:
                 messages.error(request, reason)
             return redirect("documents")
-        form.add_error(None, " ".join(refused))
+        form.add_error(None, " ".join(reasons))
     status = request.GET.get("status") or None
     docs = selectors.search_documents(request.user, status=status, q=request.GET.get("q"))[:200]
     counts = selectors.document_status_counts(request.user)

@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import selectors, services, webhooks
-from ..errors import NotFound, ReviewAppError, UploadRejected
+from ..errors import NotFound, ReviewAppError
 from ..models import (
     ApiKey,
     Document,
@@ -310,30 +310,27 @@ class DocumentBatchCreate(APIView):
         doc_type = _document_type(v["document_type"])
         workspace = _workspace(request, v.get("workspace"))
         if v.get("file"):
-            items = [(f.read(), f.name, f.content_type) for f in v["file"]]
+            files = [(f.read(), f.name, f.content_type) for f in v["file"]]
         else:
-            items = [
+            files = [
                 (d["text"].encode("utf-8"), d.get("filename") or f"text-{i}.txt", "text/plain")
                 for i, d in enumerate(v["documents"])
             ]
-        created, rejected = [], []
-        with services.extraction_batch():
-            for index, (content, filename, content_type) in enumerate(items):
-                try:
-                    c = services.document_create(
-                        workspace=workspace,
-                        document_type=doc_type,
-                        user=request.user,
-                        data=content,
-                        filename=filename,
-                        content_type=content_type,
-                    )
-                except UploadRejected as exc:
-                    error = {"code": exc.code, "message": exc.message, "details": exc.details}
-                    rejected.append({"index": index, "filename": filename, "error": error})
-                    continue
-                c.document.duplicate_of = c.duplicate_of.pk if c.duplicate_of else None
-                created.append(c.document)
+        made, refused = services.documents_create(
+            workspace=workspace, document_type=doc_type, user=request.user, files=files
+        )
+        created = []
+        for c in made:
+            c.document.duplicate_of = c.duplicate_of.pk if c.duplicate_of else None
+            created.append(c.document)
+        rejected = [
+            {
+                "index": r.index,
+                "filename": r.filename,
+                "error": {"code": r.error.code, "message": r.error.message, "details": r.error.details},
+            }
+            for r in refused
+        ]
         if not created:
             raise ReviewAppError(
                 "No document was accepted.", code="all_rejected", details={"rejected": rejected}

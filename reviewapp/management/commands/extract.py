@@ -11,7 +11,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import services
-from ...errors import UploadRejected
 from ...models import Document, DocumentType, Workspace
 from ...selectors import document_fields
 from ...worker import start_inprocess_worker
@@ -80,25 +79,19 @@ class Command(BaseCommand):
             known = ", ".join(DocumentType.objects.values_list("slug", flat=True)) or "none (run seed_demo)"
             raise CommandError(f"unknown document type {o['type_slug']!r}; known: {known}") from None
         workspace = self._workspace(o["workspace"])
-        docs = []
-        with services.extraction_batch():  # the files share task messages (REVIEWAPP_EXTRACT_BATCH)
-            for raw in o["paths"]:
-                path = Path(raw)
-                if not path.is_file():
-                    raise CommandError(f"{path}: no such file")
-                try:
-                    created = services.document_create(
-                        workspace=workspace,
-                        document_type=doc_type,
-                        user=None,
-                        data=path.read_bytes(),
-                        filename=path.name,
-                        content_type=mimetypes.guess_type(path.name)[0],
-                    )
-                except UploadRejected as exc:
-                    self.stderr.write(f"{path}: rejected ({exc.code}): {exc.message}")
-                    continue
-                docs.append(created.document)
+        paths = [Path(raw) for raw in o["paths"]]
+        for path in paths:  # all of them, before anything is stored
+            if not path.is_file():
+                raise CommandError(f"{path}: no such file")
+        created, refused = services.documents_create(
+            workspace=workspace,
+            document_type=doc_type,
+            user=None,
+            files=((p.read_bytes(), p.name, mimetypes.guess_type(p.name)[0]) for p in paths),
+        )
+        for r in refused:
+            self.stderr.write(f"{paths[r.index]}: rejected ({r.error.code}): {r.error.message}")
+        docs = [c.document for c in created]
         if not docs:
             raise CommandError("no document was accepted")
         return docs
